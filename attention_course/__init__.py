@@ -1,0 +1,12 @@
+"""Code behind the course "Attention, from RNNs to CNNs".
+
+Submodules (import them by name; their names are permanent, later chapters rely on them):
+
+- ``attention_course.data``      seeded synthetic tasks (copy, reverse, dates) as batched tensors
+- ``attention_course.plots``     attention heatmaps, learning curves, accuracy-vs-length curves
+- ``attention_course.utils``     seeding, device choice, a small training loop, parameter counts
+- ``attention_course.attention`` attention functions and layers, checked against PyTorch
+- ``attention_course.grading``   ``check(...)`` for students, batch grading for instructors
+"""
+
+__version__ = "0.1.0"
