@@ -74,9 +74,8 @@ def scaled_dot_product_attention(
         zero output (PyTorch may give NaN there).
     """
     E = query.shape[-1]
-    scores = (
-        query @ key.transpose(-2, -1) / math.sqrt(E)
-    )  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    # (..., L, E) @ (..., E, S) -> (..., L, S)
+    scores = query @ key.transpose(-2, -1) / math.sqrt(E)
     weights = masked_softmax(scores, attn_mask, dim=-1)  # (..., L, S)
     output = weights @ value  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
     return output, weights
