@@ -113,7 +113,7 @@ def train(
             iterator = iter(batches)
             batch = next(iterator)
         out = loss_fn(model, batch)
-        loss, extras = (out if isinstance(out, tuple) else (out, {}))
+        loss, extras = out if isinstance(out, tuple) else (out, {})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_norm is not None:
