@@ -25,10 +25,8 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "git+{REPOSITORY}"],
-        check=True,
-    )"""
+    package = "git+{REPOSITORY}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)"""
 
 
 def colab_cell() -> nbformat.NotebookNode:
