@@ -1,0 +1,414 @@
+"""The GRU encoder-decoder of chapters 1 and 2, and the training/evaluation they share.
+
+Chapter 1 trains it WITHOUT attention: the decoder sees the source only through one fixed-size
+summary vector, fed at every step (RNNenc, Cho et al. 2014; the baseline of Bahdanau et al.
+2014). Chapter 2 subclasses :class:`Decoder` and overrides ONE hook, :meth:`Decoder.context`,
+to read a fresh context from every encoder state instead (RNNsearch). Everything else (encoder,
+decoder step, training recipe, evaluation) is this module, so the two length curves are
+measured under identical conditions.
+
+Shapes (the book's legend): B batch, S source length, T target length, E embedding width,
+H hidden size (``H_enc`` per encoder direction, ``H_dec`` the decoder), V vocabulary size.
+Masks: boolean, True = real token (= "may attend", as in ``F.scaled_dot_product_attention``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .data import Seq2SeqBatch, SequenceTask
+from .utils import History, seed_everything, train
+
+__all__ = [
+    "ContextDecoder",
+    "CopyRecipe",
+    "Decoder",
+    "Encoder",
+    "EncoderOutput",
+    "LengthCurve",
+    "Seq2Seq",
+    "Seq2SeqConfig",
+    "TrainedCopyModel",
+    "build_model",
+    "evaluate_by_length",
+    "sequence_accuracy",
+    "sequence_loss",
+    "train_copy_model",
+    "train_seq2seq",
+]
+
+
+@dataclass
+class Seq2SeqConfig:
+    """Sizes of the encoder-decoder. Defaults: the chapter 1-2 copy experiment."""
+
+    src_vocab_size: int  # V_src: source ids, including PAD/BOS/EOS
+    tgt_vocab_size: int  # V: target ids, including PAD/BOS/EOS
+    emb_dim: int = 16  # E: width of the token embeddings (source and target)
+    enc_hidden: int = 32  # H_enc: GRU hidden size PER DIRECTION (states are 2 * H_enc wide)
+    dec_hidden: int = 64  # H_dec: decoder GRU hidden size
+    attn_dim: int = 32  # A: width of the additive-attention layer (used by chapter 2's decoder)
+    pad_id: int = 0  # id of PAD in both vocabularies
+    bos_id: int = 1  # id of BOS: the decoder's first input
+    eos_id: int = 2  # id of EOS: the decoder's last output
+
+    @property
+    def enc_dim(self) -> int:
+        """Width of an encoder state h_j (forward and backward halves): 2 * H_enc."""
+        return 2 * self.enc_hidden
+
+
+@dataclass
+class EncoderOutput:
+    """What the encoder hands the decoder. Mask: True = real source token."""
+
+    states: torch.Tensor  # (B, S, 2*H_enc): every encoder state h_j = [forward_j; backward_j]
+    summary: torch.Tensor  # (B, 2*H_enc): [last forward state; first backward state], each
+    # taken at the sequence's TRUE length: the one fixed-size vector of a no-attention model
+    mask: torch.Tensor  # (B, S) bool: True = real token, False = padding
+    keys: torch.Tensor | None = None  # (B, S, A) optional per-sequence cache set by prepare()
+
+
+class Encoder(nn.Module):
+    """Embedding + bidirectional GRU. Padding never reaches the summary (packed sequences)."""
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.src_vocab_size, config.emb_dim, config.pad_id)
+        self.rnn = nn.GRU(config.emb_dim, config.enc_hidden, batch_first=True, bidirectional=True)
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        """Encode ``src`` (B, S) of true lengths ``src_lengths`` (B,)."""
+        B, S = src.shape
+        x = self.embedding(src)  # (B, S) -> (B, S, E)
+        lengths = src_lengths.cpu()
+        if bool((lengths == S).all()):  # nothing to hide: skip packing (same result, faster)
+            states, final = self.rnn(x)  # (B, S, 2*H_enc), (2, B, H_enc)
+        else:
+            # Packing runs each sequence only up to its true length, so the forward direction
+            # stops at the last real token and the backward direction starts there.
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            packed_states, final = self.rnn(packed)  # final: (2, B, H_enc), in batch order
+            states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=S)
+            # padded positions of states are exactly 0: (B, S, 2*H_enc)
+        summary = torch.cat([final[0], final[1]], dim=-1)  # (B, 2*H_enc)
+        mask = torch.arange(S, device=src.device)[None, :] < src_lengths[:, None]  # (B, S)
+        return EncoderOutput(states=states, summary=summary, mask=mask)
+
+
+class Decoder(nn.Module):
+    """A GRU-cell decoder: s_i = GRU([E y_{i-1}; c_i], s_{i-1}), p(y_i) = softmax(W_o [s_i; c_i;
+    E y_{i-1}]).
+
+    The ONE hook a variant overrides is :meth:`context` (where c_i comes from). This base
+    version returns the encoder's summary at every step (no attention). :meth:`prepare` is
+    called once per source batch before decoding (a no-op here; an attention decoder may
+    precompute U h_j in it).
+    """
+
+    def __init__(self, config: Seq2SeqConfig):
+        super().__init__()
+        self.config = config
+        E, C, H = config.emb_dim, config.enc_dim, config.dec_hidden
+        self.embedding = nn.Embedding(config.tgt_vocab_size, E, config.pad_id)
+        self.init_proj = nn.Linear(C, H)  # s_0 = tanh(W_init summary)
+        self.cell = nn.GRUCell(E + C, H)  # input: [E y_{i-1}; c_i]
+        self.out = nn.Linear(H + C + E, config.tgt_vocab_size)  # [s_i; c_i; E y_{i-1}] -> V
+
+    def prepare(self, enc: EncoderOutput) -> EncoderOutput:
+        """Once per source batch, before the decoding loop: cache what does not depend on i."""
+        return enc
+
+    def context(
+        self, prev_state: torch.Tensor, enc: EncoderOutput
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """c_i for output step i from s_{i-1} (B, H_dec): returns (context (B, 2*H_enc), weights).
+
+        No attention here: the context is the fixed summary vector, and there are no weights.
+        """
+        return enc.summary, None
+
+    def init_state(self, enc: EncoderOutput) -> torch.Tensor:
+        """s_0 = tanh(W_init summary): (B, 2*H_enc) -> (B, H_dec)."""
+        return torch.tanh(self.init_proj(enc.summary))
+
+    def step(
+        self, prev_token: torch.Tensor, prev_state: torch.Tensor, enc: EncoderOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One output step: y_{i-1} (B,) and s_{i-1} (B, H_dec) -> (logits (B, V), s_i, weights)."""
+        emb = self.embedding(prev_token)  # (B,) -> (B, E)
+        context, weights = self.context(prev_state, enc)  # (B, 2*H_enc), (B, S) or None
+        state = self.cell(torch.cat([emb, context], dim=-1), prev_state)  # (B, H_dec)
+        logits = self.out(torch.cat([state, context, emb], dim=-1))  # (B, V)
+        return logits, state, weights
+
+
+class ContextDecoder(Decoder):
+    """The no-attention decoder of chapter 1 (RNNenc): the summary vector at every step.
+
+    Identical to :class:`Decoder`'s defaults; the name says which model it is.
+    """
+
+
+class Seq2Seq(nn.Module):
+    """Encoder + decoder. ``forward`` uses teacher forcing; ``greedy_decode`` its own outputs."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    @property
+    def config(self) -> Seq2SeqConfig:
+        return self.decoder.config
+
+    def forward(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing: logits (B, T, V) for ``tgt_in`` (B, T) = BOS + target; weights
+        (B, T, S) of every step (None without attention)."""
+        enc = self.decoder.prepare(self.encoder(src, src_lengths))
+        state = self.decoder.init_state(enc)  # (B, H_dec)
+        all_logits, all_weights = [], []
+        for i in range(tgt_in.shape[1]):
+            logits, state, weights = self.decoder.step(tgt_in[:, i], state, enc)
+            all_logits.append(logits)  # (B, V)
+            all_weights.append(weights)  # (B, S) or None
+        logits = torch.stack(all_logits, dim=1)  # T x (B, V) -> (B, T, V)
+        return logits, _stack_weights(all_weights)
+
+    @torch.no_grad()
+    def greedy_decode(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, max_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed back the most likely token, for at most ``max_len`` steps.
+
+        Returns tokens (B, T) with T <= max_len (it stops early once every row has produced
+        EOS; after its EOS a row holds PAD) and weights (B, T, S) or None.
+        """
+        cfg = self.config
+        was_training = self.training
+        self.eval()
+        enc = self.decoder.prepare(self.encoder(src, src_lengths))
+        state = self.decoder.init_state(enc)  # (B, H_dec)
+        token = torch.full((src.shape[0],), cfg.bos_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)  # (B,)
+        tokens, all_weights = [], []
+        for _ in range(max_len):
+            logits, state, weights = self.decoder.step(token, state, enc)
+            token = logits.argmax(dim=-1)  # (B, V) -> (B,)
+            tokens.append(token.masked_fill(finished, cfg.pad_id))
+            all_weights.append(weights)
+            finished = finished | (token == cfg.eos_id)
+            if bool(finished.all()):
+                break
+        self.train(was_training)
+        return torch.stack(tokens, dim=1), _stack_weights(all_weights)  # (B, T), (B, T, S)
+
+
+def _stack_weights(weights: list[torch.Tensor | None]) -> torch.Tensor | None:
+    if not weights or weights[0] is None:
+        return None
+    return torch.stack(weights, dim=1)  # T x (B, S) -> (B, T, S)
+
+
+def build_model(
+    config: Seq2SeqConfig, decoder_cls: type[Decoder] = ContextDecoder, seed: int | None = None
+) -> Seq2Seq:
+    """An encoder-decoder with a decoder of class ``decoder_cls`` (seeded when ``seed`` given)."""
+    if seed is not None:
+        seed_everything(seed)
+    return Seq2Seq(Encoder(config), decoder_cls(config))
+
+
+# --------------------------------------------------------------------------- loss and metrics
+
+
+def sequence_loss(logits: torch.Tensor, tgt_out: torch.Tensor, tgt_mask: torch.Tensor):
+    """Mean cross-entropy over real target tokens (mask True); padding contributes nothing."""
+    V = logits.shape[-1]
+    losses = F.cross_entropy(logits.reshape(-1, V), tgt_out.reshape(-1), reduction="none")
+    mask = tgt_mask.reshape(-1).float()  # (B*T,)
+    return (losses * mask).sum() / mask.sum()
+
+
+def sequence_accuracy(
+    predicted: torch.Tensor, tgt_out: torch.Tensor, tgt_mask: torch.Tensor
+) -> tuple[float, float]:
+    """(token accuracy, whole-sequence accuracy), counting only real target positions.
+
+    ``predicted`` (B, T') is compared with ``tgt_out`` (B, T) at the positions where
+    ``tgt_mask`` is True (the symbols and the EOS); predictions shorter than T are padded
+    with -1 (wrong), longer ones are cut. Token accuracy pools every real position of the
+    batch; a sequence counts as correct only if ALL its real positions are.
+    """
+    B, T = tgt_out.shape
+    if predicted.shape[1] < T:
+        predicted = F.pad(predicted, (0, T - predicted.shape[1]), value=-1)
+    correct = (predicted[:, :T] == tgt_out) & tgt_mask  # (B, T)
+    token_acc = correct.sum().item() / tgt_mask.sum().item()
+    seq_acc = (correct | ~tgt_mask).all(dim=1).float().mean().item()
+    return token_acc, seq_acc
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train_seq2seq(
+    model: Seq2Seq,
+    batches: Iterable[Seq2SeqBatch],
+    steps: int,
+    peak_lr: float = 2e-2,
+    clip_norm: float = 1.0,
+    progress: bool = True,
+    desc: str = "training",
+) -> History:
+    """Teacher-forced training with Adam and a one-cycle learning rate (peak ``peak_lr``),
+    gradient norm clipped at ``clip_norm``. Logs the training token accuracy as ``"accuracy"``.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=steps)
+
+    def loss_fn(model: Seq2Seq, batch: Seq2SeqBatch):
+        logits, _ = model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, V)
+        loss = sequence_loss(logits, batch.tgt_out, batch.tgt_mask)
+        with torch.no_grad():
+            hits = (logits.argmax(-1) == batch.tgt_out) & batch.tgt_mask
+            accuracy = hits.sum() / batch.tgt_mask.sum()
+        return loss, {"accuracy": accuracy}
+
+    return train(
+        model,
+        batches,
+        loss_fn,
+        steps,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        clip_norm=clip_norm,
+        progress=progress,
+        desc=desc,
+    )
+
+
+@dataclass
+class LengthCurve:
+    """Accuracy of greedy decoding at each test length."""
+
+    lengths: list[int]  # the source lengths tested
+    token_accuracy: list[float]  # share of target symbols (and EOS) right, at each length
+    sequence_accuracy: list[float]  # share of sequences entirely right, at each length
+
+    def at(self, length: int) -> tuple[float, float]:
+        """(token accuracy, sequence accuracy) at one tested length."""
+        i = self.lengths.index(length)
+        return self.token_accuracy[i], self.sequence_accuracy[i]
+
+
+def evaluate_by_length(
+    model: Seq2Seq, task: SequenceTask, lengths: Sequence[int], n: int = 256, seed: int = 1000
+) -> LengthCurve:
+    """Greedy-decode ``n`` fresh sequences of every length; token and sequence accuracy.
+
+    The evaluation data depend only on ``seed`` and the length, so two models evaluated with
+    the same arguments see exactly the same sequences.
+    """
+    tokens_acc, seqs_acc = [], []
+    for length in lengths:
+        batch = task.sample(n, int(length), seed=seed + int(length))
+        predicted, _ = model.greedy_decode(batch.src, batch.src_lengths, batch.tgt_out.shape[1])
+        token_acc, seq_acc = sequence_accuracy(predicted, batch.tgt_out, batch.tgt_mask)
+        tokens_acc.append(token_acc)
+        seqs_acc.append(seq_acc)
+    return LengthCurve([int(x) for x in lengths], tokens_acc, seqs_acc)
+
+
+@dataclass
+class CopyRecipe:
+    """The chapter 1-2 copy experiment: task, model sizes and training budget."""
+
+    num_symbols: int = 10  # distinct symbols in the copy task
+    reverse: bool = False  # True: the reverse task instead of copy
+    min_length: int = 3  # shortest training length
+    max_length: int = 40  # longest training length (the end of the curriculum)
+    start_max_length: int = 8  # the curriculum's first cap on the length
+    ramp_fraction: float = 0.4  # share of the steps over which the cap rises to max_length
+    steps: int = 500  # optimisation steps (one batch each)
+    batch_size: int = 64  # sequences per batch (all of one length)
+    peak_lr: float = 2e-2  # peak learning rate of the one-cycle schedule
+    clip_norm: float = 1.0  # gradient-norm clipping
+    emb_dim: int = 16  # E
+    enc_hidden: int = 32  # H_enc per direction
+    dec_hidden: int = 64  # H_dec
+    attn_dim: int = 32  # A (attention decoders only)
+
+    def task(self) -> SequenceTask:
+        return SequenceTask(num_symbols=self.num_symbols, reverse=self.reverse)
+
+    def config(self) -> Seq2SeqConfig:
+        V = len(self.task().vocab)
+        return Seq2SeqConfig(
+            src_vocab_size=V,
+            tgt_vocab_size=V,
+            emb_dim=self.emb_dim,
+            enc_hidden=self.enc_hidden,
+            dec_hidden=self.dec_hidden,
+            attn_dim=self.attn_dim,
+        )
+
+
+@dataclass
+class TrainedCopyModel:
+    """What :func:`train_copy_model` returns."""
+
+    model: Seq2Seq  # the trained encoder-decoder (in eval mode)
+    task: SequenceTask  # the task it was trained on
+    history: History  # loss, learning rate and training accuracy per step, and the seconds
+    recipe: CopyRecipe = field(default_factory=CopyRecipe)  # how it was trained
+    seed: int = 0  # the seed of the weights and of the training batches
+
+
+def train_copy_model(
+    seed: int = 0,
+    decoder_cls: type[Decoder] = ContextDecoder,
+    recipe: CopyRecipe | None = None,
+    progress: bool = True,
+    **overrides,
+) -> TrainedCopyModel:
+    """Build and train the copy model of chapters 1-2 for one seed.
+
+    Chapter 1 calls it with the default (no-attention) decoder; chapter 2 passes its attention
+    decoder class and gets identical conditions: the same task, sizes, budget, and the same
+    stream of training batches for the same seed. ``overrides`` replace recipe fields
+    (``train_copy_model(0, steps=300)``).
+    """
+    recipe = replace(recipe or CopyRecipe(), **overrides)
+    task = recipe.task()
+    model = build_model(recipe.config(), decoder_cls, seed=seed)
+    batches = task.curriculum(
+        recipe.steps,
+        batch_size=recipe.batch_size,
+        min_length=recipe.min_length,
+        max_length=recipe.max_length,
+        start_max_length=recipe.start_max_length,
+        ramp_fraction=recipe.ramp_fraction,
+        seed=np.random.default_rng([seed, 1]),  # independent of the weights' stream
+    )
+    history = train_seq2seq(
+        model,
+        batches,
+        recipe.steps,
+        peak_lr=recipe.peak_lr,
+        clip_norm=recipe.clip_norm,
+        progress=progress,
+        desc=f"{decoder_cls.__name__} seed {seed}",
+    )
+    model.eval()
+    return TrainedCopyModel(model, task, history, recipe, seed)

@@ -1,0 +1,161 @@
+"""Unit tests of attention_course.seq2seq: the encoder-decoder of chapters 1 and 2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_course import data, seq2seq
+from attention_course.attention.core import masked_softmax
+
+TASK = data.copy_task()
+CONFIG = seq2seq.CopyRecipe().config()
+
+
+def model(seed=0, decoder_cls=seq2seq.ContextDecoder, config=CONFIG):
+    return seq2seq.build_model(config, decoder_cls, seed=seed).eval()
+
+
+class DotDecoder(seq2seq.Decoder):
+    """A minimal attention decoder written against the hook, as chapter 2 does."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.query = torch.nn.Linear(config.dec_hidden, config.enc_dim)
+
+    def prepare(self, enc):
+        enc.keys = enc.states * 2  # something per-sequence, to check prepare() is honoured
+        return enc
+
+    def context(self, prev_state, enc):
+        scores = (enc.keys * self.query(prev_state)[:, None, :]).sum(-1)  # (B, S)
+        weights = masked_softmax(scores, enc.mask)  # (B, S)
+        return (weights[:, :, None] * enc.states).sum(1), weights
+
+
+def test_shapes():
+    batch = TASK.sample(5, (2, 9), seed=0)
+    B, S = batch.src.shape
+    T = batch.tgt_in.shape[1]
+    m = model()
+    enc = m.encoder(batch.src, batch.src_lengths)
+    assert enc.states.shape == (B, S, 2 * CONFIG.enc_hidden)
+    assert enc.summary.shape == (B, 2 * CONFIG.enc_hidden)
+    assert enc.mask.dtype == torch.bool and torch.equal(enc.mask, batch.src_mask)
+    logits, weights = m(batch.src, batch.src_lengths, batch.tgt_in)
+    assert logits.shape == (B, T, CONFIG.tgt_vocab_size) and weights is None
+    tokens, weights = m.greedy_decode(batch.src, batch.src_lengths, max_len=7)
+    assert tokens.shape[0] == B and tokens.shape[1] <= 7 and weights is None
+    attn = model(decoder_cls=DotDecoder)
+    logits, weights = attn(batch.src, batch.src_lengths, batch.tgt_in)
+    assert weights.shape == (B, T, S)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, T))
+    assert (weights[~batch.src_mask[:, None, :].expand(B, T, S)] == 0).all()
+
+
+def test_padding_does_not_change_the_summary_or_the_states():
+    m = model()
+    batch = TASK.sample(6, (3, 12), seed=1)
+    enc = m.encoder(batch.src, batch.src_lengths)
+    for b in range(len(batch)):
+        n = int(batch.src_lengths[b])
+        alone = m.encoder(batch.src[b : b + 1, :n], batch.src_lengths[b : b + 1])
+        torch.testing.assert_close(enc.summary[b : b + 1], alone.summary)
+        torch.testing.assert_close(enc.states[b : b + 1, :n], alone.states)
+        assert (enc.states[b, n:] == 0).all()
+    # The summary is [forward state at the last real token; backward state at the first].
+    H = CONFIG.enc_hidden
+    rows = torch.arange(len(batch))
+    torch.testing.assert_close(enc.summary[:, :H], enc.states[rows, batch.src_lengths - 1, :H])
+    torch.testing.assert_close(enc.summary[:, H:], enc.states[:, 0, H:])
+
+
+def test_a_padded_summary_would_differ():
+    # Guard for the test above: running the GRU over the padding does change the summary.
+    m = model()
+    batch = TASK.sample(6, (3, 12), seed=1)
+    states, final = m.encoder.rnn(m.encoder.embedding(batch.src))
+    short = batch.src_lengths < batch.src.shape[1]
+    enc = m.encoder(batch.src, batch.src_lengths)
+    assert not torch.allclose(final[0][short], enc.summary[short, : CONFIG.enc_hidden])
+
+
+@pytest.mark.parametrize("decoder_cls", [seq2seq.ContextDecoder, DotDecoder])
+def test_teacher_forcing_equals_step_by_step_decoding(decoder_cls):
+    m = model(decoder_cls=decoder_cls)
+    batch = TASK.sample(4, (3, 8), seed=2)
+    tokens, weights = m.greedy_decode(batch.src, batch.src_lengths, max_len=6)
+    T = tokens.shape[1]
+    # Feeding the greedy outputs back as teacher input reproduces the same logits and argmax.
+    bos = torch.full((4, 1), CONFIG.bos_id)
+    tgt_in = torch.cat([bos, tokens[:, :-1].clamp(min=0)], dim=1)  # (B, T)
+    logits, forced_weights = m(batch.src, batch.src_lengths, tgt_in)
+    alive = torch.ones(4, dtype=torch.bool)
+    for i in range(T):
+        assert torch.equal(logits[alive, i].argmax(-1), tokens[alive, i])
+        alive &= tokens[:, i] != CONFIG.eos_id
+    enc = m.decoder.prepare(m.encoder(batch.src, batch.src_lengths))
+    state = m.decoder.init_state(enc)
+    for i in range(T):
+        step_logits, state, w = m.decoder.step(tgt_in[:, i], state, enc)
+        torch.testing.assert_close(step_logits, logits[:, i])
+        if w is not None:
+            torch.testing.assert_close(w, forced_weights[:, i])
+
+
+def test_sequence_accuracy_ignores_padding():
+    tgt = torch.tensor([[5, 6, 2, 0], [7, 2, 0, 0]])
+    mask = tgt != 0
+    pred = torch.tensor([[5, 6, 2, 9], [7, 2, 4, 4]])  # garbage only on padding
+    assert seq2seq.sequence_accuracy(pred, tgt, mask) == (1.0, 1.0)
+    pred = torch.tensor([[5, 3, 2, 0], [7, 2, 0, 0]])
+    token, seq = seq2seq.sequence_accuracy(pred, tgt, mask)
+    assert token == pytest.approx(4 / 5) and seq == 0.5
+    short = torch.tensor([[5, 6], [7, 2]])  # missing EOS on row 0: wrong
+    assert seq2seq.sequence_accuracy(short, tgt, mask) == (4 / 5, 0.5)
+
+
+def test_sequence_loss_ignores_padding():
+    logits = torch.randn(2, 4, 7)
+    tgt = torch.tensor([[5, 6, 2, 0], [3, 2, 0, 0]])
+    mask = tgt != 0
+    changed = logits.clone()
+    changed[~mask] = 100.0
+    torch.testing.assert_close(
+        seq2seq.sequence_loss(logits, tgt, mask), seq2seq.sequence_loss(changed, tgt, mask)
+    )
+
+
+class BlindDecoder(seq2seq.Decoder):
+    """Sees nothing of the source: the overfit test below must fail for it."""
+
+    def context(self, prev_state, enc):
+        return torch.zeros_like(enc.summary), None
+
+    def init_state(self, enc):
+        return torch.zeros(enc.summary.shape[0], self.config.dec_hidden)
+
+
+def overfit_accuracy(decoder_cls) -> float:
+    m = seq2seq.build_model(CONFIG, decoder_cls, seed=0)
+    batch = TASK.sample(16, 4, seed=0)
+    seq2seq.train_seq2seq(m, [batch], steps=120, peak_lr=2e-2, progress=False)
+    tokens, _ = m.greedy_decode(batch.src, batch.src_lengths, 5)
+    return seq2seq.sequence_accuracy(tokens, batch.tgt_out, batch.tgt_mask)[0]
+
+
+def test_tiny_overfit_and_a_model_that_cannot():
+    assert overfit_accuracy(seq2seq.ContextDecoder) == 1.0
+    assert overfit_accuracy(BlindDecoder) < 0.6  # cannot copy what it never sees
+
+
+def test_train_copy_model_is_deterministic_and_evaluation_shared():
+    a = seq2seq.train_copy_model(3, steps=15, batch_size=8, progress=False)
+    b = seq2seq.train_copy_model(3, steps=15, batch_size=8, progress=False)
+    assert a.history.loss == b.history.loss
+    assert len(a.history.loss) == 15 and a.recipe.steps == 15 and a.seed == 3
+    curve = seq2seq.evaluate_by_length(a.model, a.task, [3, 6], n=16)
+    assert curve.lengths == [3, 6] and len(curve.token_accuracy) == 2
+    assert curve.at(6) == seq2seq.evaluate_by_length(b.model, b.task, [6], n=16).at(6)
+    attn = seq2seq.train_copy_model(3, DotDecoder, steps=15, batch_size=8, progress=False)
+    assert attn.history.loss != a.history.loss  # a different model on the same batches
