@@ -1,0 +1,608 @@
+"""Chapter 3's graded questions: masked softmax and scaled dot-product attention.
+
+This module is the worked example of how to define questions (the recipe is in the docstring of
+``attention_course.grading``). Each test makes seeded inputs of several shapes, and its judge
+compares the answer with the reference in ``attention_course.attention``; when the values are
+wrong, *mistake models* (what a known wrong answer computes) name the mistake in the hint.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from attention_course.attention.core import masked_softmax as reference_masked_softmax
+from attention_course.attention.core import (
+    scaled_dot_product_attention as reference_attention,
+)
+
+from ..core import Question, Test, call_args
+from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+
+NEG_INF = float("-inf")
+
+# Hints, one per plausible mistake (tests/test_grader_ch03.py checks each is named when made).
+WRONG_AXIS = (
+    "the softmax normalises over the wrong axis: the weights must sum to 1 over the keys "
+    "(the last axis, or `dim`)"
+)
+IGNORES_DIM = "normalise over the `dim` argument, not over a fixed axis"
+NOT_NORMALISED = "divide exp(scores) by its sum over the axis, so that every row sums to 1"
+FLIPPED = (
+    "the mask polarity is flipped: True means the query MAY attend to that key "
+    "(the F.scaled_dot_product_attention convention)"
+)
+ZERO_ONE = (
+    "a boolean mask is not a 0/1 bias to add: masked keys need a score of -inf before the "
+    "softmax, e.g. scores.masked_fill(~mask, float('-inf'))"
+)
+MULTIPLIED = (
+    "multiplying the scores by the mask sets masked scores to 0, and exp(0) = 1 is not zero "
+    "weight: set masked scores to -inf instead"
+)
+MASK_AFTER = (
+    "masking the weights after the softmax leaves rows that no longer sum to 1: mask the scores "
+    "before the softmax"
+)
+NOT_EXACT_ZERO = (
+    "masked keys must get exactly zero weight: fill them with -inf, not a large finite "
+    "negative number"
+)
+NAN_EMPTY = (
+    "a row whose keys are all masked gives exp(-inf) / 0 = NaN: return zeros for such rows "
+    "(e.g. torch.where on the row sum, or torch.nan_to_num)"
+)
+UNIFORM_EMPTY = (
+    "a finite fill such as -1e9 makes a fully masked row uniform (1/S each); such a row must be "
+    "all zeros"
+)
+OVERFLOW = (
+    "exp overflows for large scores: subtract each row's maximum before exp (the softmax does "
+    "not change, and exp never sees a number above 0)"
+)
+FLOAT_AS_BOOL = (
+    "a float mask is a bias ADDED to the scores (0 keeps a key, -inf removes it), as in "
+    "F.scaled_dot_product_attention: don't turn it into a boolean mask"
+)
+INVERT_FLOAT = (
+    "`~` only works on a boolean mask; a float mask is a bias to add to the scores "
+    "(check mask.dtype == torch.bool)"
+)
+NO_SCALE = "scale the scores by 1/sqrt(E), with E = query.shape[-1], before the softmax"
+SCALE_E = "the scaling is 1/sqrt(E), not 1/E"
+SCALE_EV = "scale by the query/key width E = query.shape[-1], not the value width"
+SCALE_AFTER = "scale the scores before the softmax, not the weights after it"
+TRANSPOSED_KEY = (
+    "the scores are query @ key.transpose(-2, -1): (..., L, E) @ (..., E, S) -> (..., L, S)"
+)
+MASK_BEFORE_SCALE = (
+    "add a float mask to the scores after dividing them by sqrt(E), as "
+    "F.scaled_dot_product_attention does"
+)
+ACROSS_BATCH = (
+    "the inputs are batch first, (..., L, E): you attended over the batch axis instead of the "
+    "sequence axis (nn.MultiheadAttention's (L, B, E) layout is not used here)"
+)
+ANY_LEADING_DIMS = (
+    "accept any leading dims (none, (B,), (B, h)): use @ or torch.matmul (torch.bmm takes only "
+    "3-D tensors) and transpose with negative axes, key.transpose(-2, -1)"
+)
+BROADCAST = (
+    "the mask must broadcast to the scores, e.g. (L, S) or (1, S) for scores (B, h, L, S): "
+    "masked_fill and torch.where broadcast, boolean indexing does not"
+)
+
+
+# --------------------------------------------------------------------------- input makers
+
+
+def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.float32):
+    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+
+def _bool_mask(gen: torch.Generator, *shape: int, empty_rows: int = 0) -> torch.Tensor:
+    """Random boolean mask (True = may attend): every row keeps >= 1 key and masks >= 1 key
+    (when it has two), except ``empty_rows`` rows with no allowed key at all."""
+    mask = torch.rand(*shape, generator=gen) < 0.6
+    S = shape[-1]
+    keep = torch.randint(0, S, shape[:-1], generator=gen)
+    mask.scatter_(-1, keep.unsqueeze(-1), True)
+    if S > 1:
+        drop = (keep + torch.randint(1, S, shape[:-1], generator=gen)) % S
+        mask.scatter_(-1, drop.unsqueeze(-1), False)
+    rows = mask.reshape(-1, S)
+    for row in torch.randperm(rows.shape[0], generator=gen)[:empty_rows]:
+        rows[row] = False
+    return rows.reshape(shape)
+
+
+def _float_mask(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
+    """Additive mask: a random bias, with -inf where a random boolean mask is False."""
+    bias = _randn(gen, *shape, dtype=dtype)
+    return bias.masked_fill(~_bool_mask(gen, *shape), NEG_INF)
+
+
+# --------------------------------------------------------------------------- mistake models
+
+
+def _softmax_variant(
+    scores, mask, dim=-1, *, polarity=True, mask_as="inf", stable=True, empty="zeros", fill=-1e9
+):
+    """The masked softmax with one mistake switched on (the defaults give the right answer)."""
+    x = scores.double()
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            keep = mask if polarity else ~mask
+            if mask_as == "inf":
+                x = x.masked_fill(~keep, NEG_INF)
+            elif mask_as == "finite":
+                x = x.masked_fill(~keep, fill)
+            elif mask_as == "add01":
+                x = x + keep.double()
+            elif mask_as == "multiply":
+                x = x * keep.double()
+        elif mask_as == "float_as_bool":
+            x = x.masked_fill(mask == 0, NEG_INF)
+        elif mask_as == "multiply":
+            x = x * mask.double()
+        else:
+            x = x + mask.double()
+    if stable:
+        row_max = x.amax(dim=dim, keepdim=True)
+        x = x - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(x)
+    out = e / e.sum(dim=dim, keepdim=True)
+    if empty == "zeros":
+        out = torch.nan_to_num(out, nan=0.0)
+    if mask is not None and mask.dtype == torch.bool and mask_as == "after":
+        out = scores.double().softmax(dim) * (mask if polarity else ~mask)
+    return out
+
+
+def _softmax_mistakes(scores, mask, dim=-1):
+    """(hint, thunk) pairs for the masked-softmax question, most specific first."""
+    ndim = scores.dim()
+    axis = dim % ndim
+
+    def model(**kw):
+        return functools.partial(_softmax_variant, scores, mask, dim, **kw)
+
+    mistakes = []
+    if axis != ndim - 1:
+        mistakes.append((IGNORES_DIM, functools.partial(_softmax_variant, scores, mask, -1)))
+    for other in range(ndim):
+        if other != axis:
+            mistakes.append((WRONG_AXIS, functools.partial(_softmax_variant, scores, mask, other)))
+    if mask is not None and mask.dtype == torch.bool:
+        mistakes += [
+            (FLIPPED, model(polarity=False)),
+            (FLIPPED, model(polarity=False, empty="nan")),
+            (ZERO_ONE, model(mask_as="add01")),
+            (MULTIPLIED, model(mask_as="multiply")),
+            (MASK_AFTER, model(mask_as="after")),
+            (UNIFORM_EMPTY, model(mask_as="finite")),
+        ]
+    if mask is not None and mask.dtype != torch.bool:
+        mistakes += [
+            (FLOAT_AS_BOOL, model(mask_as="float_as_bool")),
+            (FLOAT_AS_BOOL, model(mask_as="float_as_bool", empty="nan")),
+            (MULTIPLIED, model(mask_as="multiply")),
+        ]
+    mistakes += [
+        (OVERFLOW, model(stable=False, empty="nan")),
+        (NAN_EMPTY, model(empty="nan")),
+        (NOT_NORMALISED, lambda: torch.exp(scores.double())),
+    ]
+    return mistakes
+
+
+def _attention_variant(
+    query,
+    key,
+    value,
+    mask=None,
+    *,
+    scale="sqrt_e",
+    axis=-1,
+    after=False,
+    transposed=False,
+    mask_first=False,
+    across_batch=False,
+    **softmax_kw,
+):
+    """Scaled dot-product attention with one mistake switched on; returns (output, weights)."""
+    if across_batch:
+        out, w = _attention_variant(
+            query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), mask
+        )
+        return out.transpose(0, 1), w.transpose(0, 1)
+    q, k, v = query.double(), key.double(), value.double()
+    E, Ev = q.shape[-1], v.shape[-1]
+    factor = {"sqrt_e": math.sqrt(E), "none": 1.0, "e": float(E), "sqrt_ev": math.sqrt(Ev)}[scale]
+    scores = q @ (k if transposed else k.transpose(-2, -1))  # (..., L, S)
+    if mask is not None and mask.dtype != torch.bool and mask_first:
+        scores, mask = scores + mask.double(), None
+    if not after:
+        scores = scores / factor
+    weights = _softmax_variant(scores, mask, axis, **softmax_kw)
+    if after:
+        weights = weights / factor
+    return weights @ v, weights
+
+
+def _attention_mistakes(query, key, value, mask=None):
+    """(hint, thunk) pairs for the attention question, most specific first."""
+
+    def model(**kw):
+        return functools.cache(functools.partial(_attention_variant, query, key, value, mask, **kw))
+
+    mistakes = [
+        (NO_SCALE, model(scale="none")),
+        (SCALE_E, model(scale="e")),
+        (SCALE_EV, model(scale="sqrt_ev")),
+        (SCALE_AFTER, model(after=True)),
+        (WRONG_AXIS, model(axis=-2)),
+        (TRANSPOSED_KEY, model(transposed=True)),
+    ]
+    if query.dim() >= 3:
+        mistakes.append((ACROSS_BATCH, model(across_batch=True)))
+    if mask is not None and mask.dtype == torch.bool:
+        mistakes += [
+            (FLIPPED, model(polarity=False)),
+            (FLIPPED, model(polarity=False, empty="nan")),
+            (ZERO_ONE, model(mask_as="add01")),
+            (MULTIPLIED, model(mask_as="multiply")),
+            (MASK_AFTER, model(mask_as="after")),
+            (UNIFORM_EMPTY, model(mask_as="finite")),
+        ]
+    if mask is not None and mask.dtype != torch.bool:
+        mistakes += [
+            (MASK_BEFORE_SCALE, model(mask_first=True)),
+            (FLOAT_AS_BOOL, model(mask_as="float_as_bool")),
+            (FLOAT_AS_BOOL, model(mask_as="float_as_bool", empty="nan")),
+        ]
+    mistakes += [(OVERFLOW, model(stable=False, empty="nan")), (NAN_EMPTY, model(empty="nan"))]
+    return mistakes
+
+
+# --------------------------------------------------------------------------- ch03.masked_softmax
+
+
+def _judge_softmax(case, *, nan_hint: str = "", exact_zero: bool = False):
+    scores, mask, dim = (list(case.args) + [None, -1])[:3]
+    weights = case.output
+    mistakes = _softmax_mistakes(scores, mask, dim)
+    expect_close(weights, case.expected, "weights", mistakes=mistakes, nan_hint=nan_hint)
+    if exact_zero and mask is not None:
+        keep = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+        if (weights.masked_select(~keep.expand_as(weights)) != 0).any():
+            raise Fail(NOT_EXACT_ZERO)
+
+
+def _judge_softmax_unchanged(case):
+    expect_unchanged(case, ["scores", "mask", "dim"])
+    _judge_softmax(case)
+
+
+def _softmax_shape_inputs(g):
+    return [
+        call_args(_randn(g, 2, 3, 5, 7), None, -1),
+        call_args(_randn(g, 4, 6, dtype=torch.float64), _bool_mask(g, 4, 6), -1),
+        call_args(_randn(g, 1, 1)),
+    ]
+
+
+def _judge_softmax_shape(case):
+    expect_tensor(case.output, case.expected, "weights")
+
+
+def _softmax_plain_inputs(g):
+    return [
+        call_args(_randn(g, 5, 7)),
+        call_args(_randn(g, 2, 3, 5, 7), None, -1),
+        call_args(_randn(g, 3, 1, 9)),
+        call_args(_randn(g, 4, 1), None, -1),
+    ]
+
+
+def _softmax_dim_inputs(g):
+    return [
+        call_args(_randn(g, 4, 6), None, 0),
+        call_args(_randn(g, 2, 5, 3), None, 1),
+        call_args(_randn(g, 2, 5, 3), None, -2),
+    ]
+
+
+def _softmax_mask_inputs(g):
+    return [
+        call_args(_randn(g, 2, 3, 5, 7), _bool_mask(g, 2, 3, 5, 7), -1),
+        call_args(_randn(g, 6, 9, scale=3.0), _bool_mask(g, 6, 9), -1),
+    ]
+
+
+def _softmax_broadcast_inputs(g):
+    return [
+        call_args(_randn(g, 2, 3, 5, 7), _bool_mask(g, 5, 7), -1),
+        call_args(_randn(g, 2, 3, 5, 7), _bool_mask(g, 1, 7), -1),
+        call_args(_randn(g, 2, 3, 5, 7), _bool_mask(g, 3, 1, 7), -1),
+        call_args(_randn(g, 4, 6), _bool_mask(g, 6), -1),
+    ]
+
+
+def _softmax_empty_inputs(g):
+    return [
+        call_args(_randn(g, 2, 5, 7), _bool_mask(g, 2, 5, 7, empty_rows=3), -1),
+        call_args(_randn(g, 4, 6), _bool_mask(g, 4, 6, empty_rows=1), -1),
+    ]
+
+
+def _softmax_large_inputs(g):
+    return [
+        call_args(_randn(g, 3, 8, scale=300.0)),
+        call_args(_randn(g, 2, 4, 6, scale=1000.0), _bool_mask(g, 2, 4, 6), -1),
+    ]
+
+
+def _softmax_float_mask_inputs(g):
+    return [
+        call_args(_randn(g, 2, 5, 7), _float_mask(g, 2, 5, 7), -1),
+        call_args(_randn(g, 3, 4), _float_mask(g, 3, 4), -1),
+    ]
+
+
+def _softmax_unchanged_inputs(g):
+    return [
+        call_args(_randn(g, 2, 5, 7), _bool_mask(g, 2, 5, 7), -1),
+        call_args(_randn(g, 3, 4, scale=100.0), None, -1),
+    ]
+
+
+MASKED_SOFTMAX = Question(
+    id="ch03.masked_softmax",
+    answer="masked_softmax",
+    reference=reference_masked_softmax,
+    title="masked_softmax(scores, mask=None, dim=-1): a numerically stable softmax with a mask",
+    arg_names=("scores", "mask", "dim"),
+    error_hints=(
+        (r"operator\.invert|bitwise_not", INVERT_FLOAT),
+        (r"must match the size|shape mismatch|broadcast|doesn't match", BROADCAST),
+    ),
+    tests=(
+        Test(
+            "returns a tensor with the shape and dtype of `scores`",
+            _softmax_shape_inputs,
+            _judge_softmax_shape,
+        ),
+        Test(
+            "without a mask: the softmax over the last axis", _softmax_plain_inputs, _judge_softmax
+        ),
+        Test("normalises over the `dim` argument", _softmax_dim_inputs, _judge_softmax),
+        Test(
+            "masked keys (mask False) get exactly zero weight, the rest sum to 1",
+            _softmax_mask_inputs,
+            functools.partial(_judge_softmax, exact_zero=True),
+        ),
+        Test(
+            "a mask broadcasts against the scores",
+            _softmax_broadcast_inputs,
+            functools.partial(_judge_softmax, exact_zero=True),
+        ),
+        Test(
+            "a row with no allowed key gives zeros, not NaN",
+            _softmax_empty_inputs,
+            functools.partial(_judge_softmax, nan_hint=NAN_EMPTY),
+        ),
+        Test(
+            "large scores do not overflow",
+            _softmax_large_inputs,
+            functools.partial(_judge_softmax, nan_hint=OVERFLOW),
+        ),
+        Test(
+            "a float mask is added to the scores",
+            _softmax_float_mask_inputs,
+            functools.partial(_judge_softmax, exact_zero=True),
+        ),
+        Test("does not change its inputs", _softmax_unchanged_inputs, _judge_softmax_unchanged),
+    ),
+)
+
+
+# ---------------------------------------------------- ch03.scaled_dot_product_attention
+
+
+def _qkv(g, *batch: int, L: int, S: int, E: int, Ev: int, scale: float = 1.0):
+    """query (..., L, E), key (..., S, E), value (..., S, Ev)."""
+    return (
+        _randn(g, *batch, L, E, scale=scale),
+        _randn(g, *batch, S, E, scale=scale),
+        _randn(g, *batch, S, Ev),
+    )
+
+
+def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
+    query, key, value, mask = (list(case.args) + [None])[:4]
+    expect_sequence(case.output, 2, "(output, weights)")
+    output, weights = case.output
+    expected_output, expected_weights = case.expected
+    mistakes = _attention_mistakes(query, key, value, mask)
+    expect_close(
+        weights,
+        expected_weights,
+        "weights",
+        mistakes=[(hint, lambda m=m: m()[1]) for hint, m in mistakes],
+        nan_hint=nan_hint,
+    )
+    if exact_zero and mask is not None:
+        keep = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+        if (weights.masked_select(~keep.expand_as(weights)) != 0).any():
+            raise Fail(NOT_EXACT_ZERO)
+    expect_close(
+        output,
+        expected_output,
+        "output",
+        mistakes=[(hint, lambda m=m: m()[0]) for hint, m in mistakes],
+        nan_hint=nan_hint,
+    )
+
+
+def _judge_attention_shapes(case):
+    expect_sequence(case.output, 2, "(output, weights)")
+    expected_output, expected_weights = case.expected
+    expect_tensor(case.output[0], expected_output, "output")
+    expect_tensor(case.output[1], expected_weights, "weights")
+
+
+def _judge_rows_sum_to_one(case):
+    expect_sequence(case.output, 2, "(output, weights)")
+    weights = case.output[1]
+    expect_tensor(weights, case.expected[1], "weights")
+    ones = torch.ones(weights.shape[:-1], dtype=torch.float64)
+    if not torch.allclose(weights.double().sum(-1), ones, atol=1e-5):
+        raise Fail(WRONG_AXIS if weights.shape[-2] > 1 else NOT_NORMALISED)
+
+
+def _judge_attention_unchanged(case):
+    expect_unchanged(case, ["query", "key", "value", "attn_mask"])
+    _judge_attention(case)
+
+
+def _attention_shape_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3)),
+        call_args(*_qkv(g, 3, L=1, S=6, E=8, Ev=2)),
+    ]
+
+
+def _attention_value_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3)),
+        call_args(*_qkv(g, 3, L=1, S=6, E=8, Ev=2)),
+        call_args(*_qkv(g, 2, L=6, S=6, E=6, Ev=5)),  # S == E: a transposed key still runs
+        call_args(*_qkv(g, 4, L=3, S=5, E=16, Ev=16)),
+    ]
+
+
+def _attention_rows_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3)),
+        call_args(*_qkv(g, 2, 3, L=4, S=9, E=8, Ev=8)),
+    ]
+
+
+def _attention_dims_inputs(g):
+    return [
+        call_args(*_qkv(g, L=5, S=7, E=4, Ev=3)),  # no batch dim
+        call_args(*_qkv(g, 2, 3, L=5, S=7, E=8, Ev=6)),  # (B, h, ...)
+        call_args(*_qkv(g, 2, 2, 3, L=1, S=3, E=4, Ev=4)),  # three leading dims, L = 1
+    ]
+
+
+def _attention_bool_mask_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3), _bool_mask(g, 2, 5, 7)),
+        call_args(*_qkv(g, 2, 3, L=4, S=6, E=8, Ev=8), _bool_mask(g, 2, 3, 4, 6)),
+    ]
+
+
+def _attention_float_mask_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3), _float_mask(g, 2, 5, 7)),
+        call_args(*_qkv(g, 3, L=3, S=4, E=9, Ev=2), _float_mask(g, 3, 4)),
+    ]
+
+
+def _attention_broadcast_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, 3, L=5, S=7, E=8, Ev=6), _bool_mask(g, 5, 7)),
+        call_args(*_qkv(g, 2, 3, L=5, S=7, E=8, Ev=6), _bool_mask(g, 2, 1, 1, 7)),
+    ]
+
+
+def _attention_empty_inputs(g):
+    q, k, v = _qkv(g, 2, L=5, S=7, E=4, Ev=3)
+    float_mask = torch.zeros(5, 7).masked_fill(~_bool_mask(g, 5, 7, empty_rows=1), NEG_INF)
+    return [
+        call_args(q, k, v, _bool_mask(g, 2, 5, 7, empty_rows=3)),
+        call_args(q, k, v, float_mask),
+    ]
+
+
+def _attention_large_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=8, Ev=3, scale=30.0)),
+        call_args(*_qkv(g, 2, L=4, S=6, E=4, Ev=4, scale=30.0), _bool_mask(g, 2, 4, 6)),
+    ]
+
+
+def _attention_unchanged_inputs(g):
+    return [
+        call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3), _bool_mask(g, 2, 5, 7)),
+        call_args(*_qkv(g, 3, L=3, S=4, E=9, Ev=2)),
+    ]
+
+
+SCALED_DOT_PRODUCT_ATTENTION = Question(
+    id="ch03.scaled_dot_product_attention",
+    answer="scaled_dot_product_attention",
+    reference=reference_attention,
+    title="scaled_dot_product_attention(query, key, value, attn_mask=None) -> (output, weights)",
+    arg_names=("query", "key", "value", "attn_mask"),
+    error_hints=(
+        (r"operator\.invert|bitwise_not", INVERT_FLOAT),
+        (r"3D tensor|3-D tensor|batch1 must be|dimension out of range", ANY_LEADING_DIMS),
+        (
+            r"cannot be multiplied|mat1 and mat2|"
+            r"size of tensor a .* must match the size of tensor b .* non-singleton dimension",
+            TRANSPOSED_KEY,
+        ),
+        (r"broadcast|shape mismatch|doesn't match", BROADCAST),
+    ),
+    tests=(
+        Test(
+            "returns (output, weights) shaped (..., L, Ev) and (..., L, S)",
+            _attention_shape_inputs,
+            _judge_attention_shapes,
+        ),
+        Test(
+            "output and weights equal softmax(Q K^T / sqrt(E)) V and its weights",
+            _attention_value_inputs,
+            _judge_attention,
+        ),
+        Test("the weights sum to 1 over the keys", _attention_rows_inputs, _judge_rows_sum_to_one),
+        Test(
+            "works with any leading dims: none, (B,), (B, h)",
+            _attention_dims_inputs,
+            _judge_attention,
+        ),
+        Test(
+            "boolean mask: True means the query may attend",
+            _attention_bool_mask_inputs,
+            functools.partial(_judge_attention, exact_zero=True),
+        ),
+        Test(
+            "a float mask is added to the scaled scores",
+            _attention_float_mask_inputs,
+            functools.partial(_judge_attention, exact_zero=True),
+        ),
+        Test(
+            "a (L, S) mask broadcasts over batch and heads",
+            _attention_broadcast_inputs,
+            functools.partial(_judge_attention, exact_zero=True),
+        ),
+        Test(
+            "a query with no allowed key gets zero weights and a zero output",
+            _attention_empty_inputs,
+            functools.partial(_judge_attention, nan_hint=NAN_EMPTY),
+        ),
+        Test(
+            "large scores do not overflow",
+            _attention_large_inputs,
+            functools.partial(_judge_attention, nan_hint=OVERFLOW),
+        ),
+        Test("does not change its inputs", _attention_unchanged_inputs, _judge_attention_unchanged),
+    ),
+)
+
+QUESTIONS = [MASKED_SOFTMAX, SCALED_DOT_PRODUCT_ATTENTION]
