@@ -1,0 +1,71 @@
+"""Batch-grade submitted notebooks.
+
+    python -m attention_course.grading SUBMISSION.ipynb... --out DIR
+    python -m attention_course.grading submissions/ --out DIR --questions ch03 --jobs 2
+    python -m attention_course.grading --list
+
+Writes DIR/<submission>/results.json (Gradescope's format), DIR/<submission>/log.txt (what the
+notebook printed) and DIR/gradebook.csv (one row per submission, one column per question).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .registry import get_question, import_errors, list_questions
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m attention_course.grading",
+        description="Grade submitted notebooks; write results.json files and gradebook.csv.",
+    )
+    parser.add_argument("submissions", nargs="*", help="notebooks, or folders of notebooks")
+    parser.add_argument("--out", default="grading-out", help="output folder (grading-out)")
+    parser.add_argument(
+        "--questions",
+        nargs="+",
+        help="question ids or chapter prefixes (e.g. ch03); default: those the notebook checks",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the test inputs (1)")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to run one notebook's cells (120)"
+    )
+    parser.add_argument(
+        "--cell-timeout", type=float, default=60.0, help="seconds for one cell (60)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="submissions graded at once (1)")
+    parser.add_argument("--list", action="store_true", help="list the question ids and exit")
+    args = parser.parse_args(argv)
+
+    if args.list:
+        for qid in list_questions():
+            question = get_question(qid)
+            print(f"{qid:45s} {question.max_score:g} points  {question.title}")
+        for module, error in import_errors().items():
+            print(f"could not import {module}: {error.strip().splitlines()[-1]}", file=sys.stderr)
+        return 0
+    if not args.submissions:
+        parser.error("give at least one notebook or folder")
+
+    from .batch import grade_submissions
+
+    start = time.perf_counter()
+    subs = grade_submissions(
+        args.submissions,
+        args.out,
+        questions=args.questions,
+        seed=args.seed,
+        time_limit=args.timeout,
+        cell_timeout=args.cell_timeout,
+        jobs=args.jobs,
+    )
+    seconds = time.perf_counter() - start
+    print(f"graded {len(subs)} submission(s) in {seconds:.1f} s; wrote {args.out}/gradebook.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

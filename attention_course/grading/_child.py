@@ -1,0 +1,107 @@
+"""The child process of batch grading: runs ONE student's notebook and calls their answers.
+
+    python -m attention_course.grading._child WORKDIR
+
+Reads ``WORKDIR/job.pt`` (the notebook's code cells and, per question, the answer's name, the
+``run`` function's import path and the encoded input cases), executes the code cells in an
+IPython shell (each cell under a time limit; a failing cell does not stop the next), then calls
+every answer on every case and writes ``WORKDIR/answers_<i>.pt`` (plain data: outcomes with
+encoded outputs) after each question, and ``WORKDIR/notebook.json`` (cell errors).
+
+Nothing here judges anything: the parent never trusts this process beyond the plain data it
+writes, which it reads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .core import IN_BATCH_CHILD, TimeLimitExceeded, _alarm, _can_alarm, _describe_error, run_case
+
+
+def _resolve(path: str):
+    module_name, _, qualname = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _run_cells(cells: list[str], cell_timeout: float, deadline: float) -> tuple[dict, list]:
+    """Execute the code cells in order in a fresh IPython shell; return (namespace, errors)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    errors = []
+    for index, source in enumerate(cells):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            errors.append({"cell": index, "error": "no time left to run this cell"})
+            break
+        limit = max(0.1, min(cell_timeout, remaining))
+        print(f"--- cell {index} ---", flush=True)
+        try:
+            if _can_alarm():
+                with _alarm(limit):
+                    result = shell.run_cell(source, store_history=False)
+            else:
+                result = shell.run_cell(source, store_history=False)
+            error = result.error_before_exec or result.error_in_exec
+            if isinstance(error, TimeLimitExceeded):
+                errors.append({"cell": index, "error": f"timed out after {limit:g} s"})
+            elif error is not None:
+                errors.append({"cell": index, "error": _describe_error(error)})
+        except TimeLimitExceeded:
+            errors.append({"cell": index, "error": f"timed out after {limit:g} s"})
+        except BaseException as exc:  # noqa: BLE001 - e.g. a SystemExit escaping IPython
+            errors.append({"cell": index, "error": _describe_error(exc)})
+    return shell.user_ns, errors
+
+
+def main(workdir: str) -> int:
+    os.environ[IN_BATCH_CHILD] = "1"
+    torch.set_num_threads(1)
+    work = Path(workdir)
+    job = torch.load(work / "job.pt", weights_only=True)
+    runs = [_resolve(q["run"]) for q in job["questions"]]  # before any student code runs
+    deadline = time.monotonic() + float(job["time_limit"])
+    namespace, errors = _run_cells(job["cells"], float(job["cell_timeout"]), deadline)
+    report = {"cell_errors": errors, "cells": len(job["cells"]), "answers": {}}
+    (work / "notebook.json").write_text(json.dumps(report))
+    for index, (question, run) in enumerate(zip(job["questions"], runs)):
+        answer = namespace.get(question["answer"])
+        if question["answer"] not in namespace:
+            outcomes = [
+                [
+                    {
+                        "status": "missing",
+                        "error": f"`{question['answer']}` is not defined in the notebook",
+                    }
+                ]
+                * len(cases)
+                for cases in question["cases"]
+            ]
+        else:
+            report["answers"][question["id"]] = str(getattr(answer, "__module__", ""))[:100]
+            outcomes = []
+            for cases in question["cases"]:
+                row = []
+                for inputs in cases:
+                    outcome = run_case(run, answer, inputs, float(question["timeout"]))
+                    row.append(outcome.to_plain())
+                outcomes.append(row)
+        torch.save(outcomes, work / f"answers_{index}.pt")
+        (work / "notebook.json").write_text(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.exit(main(sys.argv[1]))
