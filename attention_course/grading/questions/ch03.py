@@ -128,10 +128,19 @@ def _float_mask(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch
 
 
 def _softmax_variant(
-    scores, mask, dim=-1, *, polarity=True, mask_as="inf", stable=True, empty="zeros", fill=-1e9
+    scores,
+    mask,
+    dim=-1,
+    *,
+    polarity=True,
+    mask_as="inf",
+    stable=True,
+    empty="zeros",
+    fill=-1e9,
+    normalise=True,
 ):
     """The masked softmax with one mistake switched on (the defaults give the right answer)."""
-    x = scores.double()
+    x = scores  # in the input's dtype, as a student's code would compute it
     if mask is not None:
         if mask.dtype == torch.bool:
             keep = mask if polarity else ~mask
@@ -140,24 +149,26 @@ def _softmax_variant(
             elif mask_as == "finite":
                 x = x.masked_fill(~keep, fill)
             elif mask_as == "add01":
-                x = x + keep.double()
+                x = x + keep
             elif mask_as == "multiply":
-                x = x * keep.double()
+                x = x * keep
         elif mask_as == "float_as_bool":
             x = x.masked_fill(mask == 0, NEG_INF)
         elif mask_as == "multiply":
-            x = x * mask.double()
+            x = x * mask
         else:
-            x = x + mask.double()
+            x = x + mask
     if stable:
         row_max = x.amax(dim=dim, keepdim=True)
         x = x - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     e = torch.exp(x)
+    if not normalise:
+        return e
     out = e / e.sum(dim=dim, keepdim=True)
     if empty == "zeros":
         out = torch.nan_to_num(out, nan=0.0)
     if mask is not None and mask.dtype == torch.bool and mask_as == "after":
-        out = scores.double().softmax(dim) * (mask if polarity else ~mask)
+        out = scores.softmax(dim) * (mask if polarity else ~mask)
     return out
 
 
@@ -191,9 +202,11 @@ def _softmax_mistakes(scores, mask, dim=-1):
             (MULTIPLIED, model(mask_as="multiply")),
         ]
     mistakes += [
-        (OVERFLOW, model(stable=False, empty="nan")),
         (NAN_EMPTY, model(empty="nan")),
-        (NOT_NORMALISED, lambda: torch.exp(scores.double())),
+        (OVERFLOW, model(stable=False, empty="nan")),
+        (OVERFLOW, model(stable=False)),
+        (NOT_NORMALISED, model(normalise=False)),
+        (NOT_NORMALISED, model(normalise=False, stable=False)),
     ]
     return mistakes
 
@@ -218,12 +231,12 @@ def _attention_variant(
             query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), mask
         )
         return out.transpose(0, 1), w.transpose(0, 1)
-    q, k, v = query.double(), key.double(), value.double()
+    q, k, v = query, key, value
     E, Ev = q.shape[-1], v.shape[-1]
     factor = {"sqrt_e": math.sqrt(E), "none": 1.0, "e": float(E), "sqrt_ev": math.sqrt(Ev)}[scale]
     scores = q @ (k if transposed else k.transpose(-2, -1))  # (..., L, S)
     if mask is not None and mask.dtype != torch.bool and mask_first:
-        scores, mask = scores + mask.double(), None
+        scores, mask = scores + mask, None
     if not after:
         scores = scores / factor
     weights = _softmax_variant(scores, mask, axis, **softmax_kw)
@@ -263,7 +276,11 @@ def _attention_mistakes(query, key, value, mask=None):
             (FLOAT_AS_BOOL, model(mask_as="float_as_bool")),
             (FLOAT_AS_BOOL, model(mask_as="float_as_bool", empty="nan")),
         ]
-    mistakes += [(OVERFLOW, model(stable=False, empty="nan")), (NAN_EMPTY, model(empty="nan"))]
+    mistakes += [
+        (NAN_EMPTY, model(empty="nan")),
+        (OVERFLOW, model(stable=False, empty="nan")),
+        (OVERFLOW, model(stable=False)),
+    ]
     return mistakes
 
 
@@ -367,7 +384,10 @@ MASKED_SOFTMAX = Question(
     arg_names=("scores", "mask", "dim"),
     error_hints=(
         (r"operator\.invert|bitwise_not", INVERT_FLOAT),
-        (r"must match the size|shape mismatch|broadcast|doesn't match", BROADCAST),
+        (
+            r"must match the size|shape mismatch|broadcast|doesn't match|shape of the mask",
+            BROADCAST,
+        ),
     ),
     tests=(
         Test(
@@ -427,6 +447,15 @@ def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
     output, weights = case.output
     expected_output, expected_weights = case.expected
     mistakes = _attention_mistakes(query, key, value, mask)
+    # the output first: a wrong-shaped weights tensor (e.g. attention over the batch) still
+    # leaves an output whose values a mistake model can name
+    expect_close(
+        output,
+        expected_output,
+        "output",
+        mistakes=[(hint, lambda m=m: m()[0]) for hint, m in mistakes],
+        nan_hint=nan_hint,
+    )
     expect_close(
         weights,
         expected_weights,
@@ -438,13 +467,6 @@ def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
         keep = mask if mask.dtype == torch.bool else torch.isfinite(mask)
         if (weights.masked_select(~keep.expand_as(weights)) != 0).any():
             raise Fail(NOT_EXACT_ZERO)
-    expect_close(
-        output,
-        expected_output,
-        "output",
-        mistakes=[(hint, lambda m=m: m()[0]) for hint, m in mistakes],
-        nan_hint=nan_hint,
-    )
 
 
 def _judge_attention_shapes(case):
@@ -477,9 +499,10 @@ def _attention_shape_inputs(g):
 
 def _attention_value_inputs(g):
     return [
+        # first L == S == E: a transposed key, or attending over the batch, still runs here
+        call_args(*_qkv(g, 2, L=6, S=6, E=6, Ev=5)),
         call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3)),
         call_args(*_qkv(g, 3, L=1, S=6, E=8, Ev=2)),
-        call_args(*_qkv(g, 2, L=6, S=6, E=6, Ev=5)),  # S == E: a transposed key still runs
         call_args(*_qkv(g, 4, L=3, S=5, E=16, Ev=16)),
     ]
 
@@ -557,7 +580,7 @@ SCALED_DOT_PRODUCT_ATTENTION = Question(
             r"size of tensor a .* must match the size of tensor b .* non-singleton dimension",
             TRANSPOSED_KEY,
         ),
-        (r"broadcast|shape mismatch|doesn't match", BROADCAST),
+        (r"broadcast|shape mismatch|doesn't match|shape of the mask", BROADCAST),
     ),
     tests=(
         Test(
