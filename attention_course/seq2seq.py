@@ -38,6 +38,8 @@ __all__ = [
     "TrainedCopyModel",
     "build_model",
     "evaluate_by_length",
+    "final_hidden_state",
+    "position_gradient_norms",
     "sequence_accuracy",
     "sequence_loss",
     "train_copy_model",
@@ -257,6 +259,31 @@ def sequence_accuracy(
     token_acc = correct.sum().item() / tgt_mask.sum().item()
     seq_acc = (correct | ~tgt_mask).all(dim=1).float().mean().item()
     return token_acc, seq_acc
+
+
+def final_hidden_state(outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each sequence's state at its LAST REAL token: ``outputs[b, lengths[b] - 1]``.
+
+    ``outputs`` (B, S, H) are the per-step states of a one-direction, batch-first RNN run over a
+    right-padded batch; ``lengths`` (B,) the true lengths. Returns (B, H). The state at the last
+    padded position, ``outputs[:, -1]``, is wrong for every sequence shorter than S.
+    """
+    B = outputs.shape[0]
+    rows = torch.arange(B, device=outputs.device)  # pair row b with its own length
+    return outputs[rows, lengths.to(outputs.device) - 1]  # (B, S, H) -> (B, H)
+
+
+def position_gradient_norms(rnn: nn.Module, inputs: torch.Tensor, loss_fn) -> torch.Tensor:
+    """How much learning signal reaches each input position: (S,).
+
+    Runs ``rnn`` (batch first) on ``inputs`` (B, S, E), takes the scalar ``loss_fn(outputs)``
+    of its outputs (B, S, H), and returns the L2 norm over E of d loss / d inputs[b, j],
+    averaged over the batch: entry j is position j from the start. ``inputs`` is not modified.
+    """
+    inputs = inputs.detach().clone().requires_grad_(True)  # (B, S, E), a leaf we own
+    outputs, _ = rnn(inputs)  # (B, S, H)
+    (grad,) = torch.autograd.grad(loss_fn(outputs), inputs)  # (B, S, E)
+    return grad.norm(dim=-1).mean(dim=0)  # (B, S, E) -> (B, S) -> (S,)
 
 
 # --------------------------------------------------------------------------- training

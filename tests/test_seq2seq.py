@@ -68,6 +68,26 @@ def test_padding_does_not_change_the_summary_or_the_states():
     rows = torch.arange(len(batch))
     torch.testing.assert_close(enc.summary[:, :H], enc.states[rows, batch.src_lengths - 1, :H])
     torch.testing.assert_close(enc.summary[:, H:], enc.states[:, 0, H:])
+    last = seq2seq.final_hidden_state(enc.states[..., :H], batch.src_lengths)
+    torch.testing.assert_close(enc.summary[:, :H], last)
+
+
+def test_position_gradient_norms_against_a_loop():
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(3, 5, batch_first=True)
+    x = torch.randn(4, 6, 3)
+    before = x.clone()
+    norms = seq2seq.position_gradient_norms(rnn, x, lambda out: out[:, -1].sum())
+    torch.testing.assert_close(x, before)
+    assert norms.shape == (6,)
+    for j in range(6):
+        per_row = []
+        for b in range(4):
+            xb = x[b : b + 1].clone().requires_grad_(True)
+            rnn(xb)[0][:, -1].sum().backward()
+            per_row.append(xb.grad[0, j].norm())
+        torch.testing.assert_close(norms[j], torch.stack(per_row).mean())
+    assert norms[-1] > norms[0]  # the last input is closest to the loss
 
 
 def test_a_padded_summary_would_differ():
