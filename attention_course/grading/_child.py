@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from .core import IN_BATCH_CHILD, TimeLimitExceeded, _alarm, _can_alarm, _describe_error, run_case
+from .core import (
+    IN_BATCH_CHILD,
+    TimeLimitExceeded,
+    _alarm,
+    _can_alarm,
+    _describe_error,
+    run_question,
+)
 
 
 def _resolve(path: str):
@@ -90,13 +97,10 @@ def main(workdir: str) -> int:
             ]
         else:
             report["answers"][question["id"]] = str(getattr(answer, "__module__", ""))[:100]
-            outcomes = []
-            for cases in question["cases"]:
-                row = []
-                for inputs in cases:
-                    outcome = run_case(run, answer, inputs, float(question["timeout"]))
-                    row.append(outcome.to_plain())
-                outcomes.append(row)
+            outcomes = [
+                [outcome.to_plain() for outcome in row]
+                for row in run_question(run, answer, question["cases"], float(question["timeout"]))
+            ]
         torch.save(outcomes, work / f"answers_{index}.pt")
         (work / "notebook.json").write_text(json.dumps(report))
     return 0

@@ -42,6 +42,7 @@ __all__ = [
     "call_args",
     "check",
     "grade",
+    "run_question",
 ]
 
 NOT_IMPLEMENTED = "not implemented yet"
@@ -84,6 +85,8 @@ class Case:
 @dataclass(frozen=True)
 class Test:
     """One graded test of a question: worth ``points`` when every input case passes."""
+
+    __test__ = False  # not a pytest test class
 
     name: str  # shown to the student, e.g. "masked keys get exactly zero weight"
     inputs: Callable[[torch.Generator], list]  # gen -> list of input cases (plain data)
@@ -319,6 +322,34 @@ def run_case(run: Callable, answer, encoded_inputs, timeout: float) -> Outcome:
     return Outcome(status, encoded_output, encoded_after, error, seconds)
 
 
+MAX_TIMEOUTS = 2  # after this many time-outs in one question, the remaining calls are skipped
+
+
+def run_question(run: Callable, answer, encoded_cases: list[list], timeout: float):
+    """Run the answer on every case of every test; return ``outcomes[test][case]``.
+
+    A test stops at its first case that raises or times out (tests are all or nothing), and
+    after ``MAX_TIMEOUTS`` time-outs nothing more is called, so an infinite loop costs a few
+    seconds, not one time limit per case.
+    """
+    timeouts = 0
+    outcomes: list[list[Outcome]] = []
+    for test_cases in encoded_cases:
+        row: list[Outcome] = []
+        for inputs in test_cases:
+            if timeouts >= MAX_TIMEOUTS:
+                outcome = Outcome("timeout", error="not run: earlier calls timed out")
+            else:
+                outcome = run_case(run, answer, inputs, timeout)
+                timeouts += outcome.status == "timeout"
+            row.append(outcome)
+            if outcome.status != "ok":
+                row.extend([outcome] * (len(test_cases) - len(row)))
+                break
+        outcomes.append(row)
+    return outcomes
+
+
 # --------------------------------------------------------------------------- judging
 
 
@@ -340,7 +371,7 @@ def describe_case(question: Question, inputs) -> str:
         shape = _shape_of(value)
         if shape is not None:
             parts.append(f"{name} {shape}")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
             parts.append(f"{name}={value}")
     for name, value in inputs["kwargs"].items():
         shape = _shape_of(value)
@@ -362,6 +393,8 @@ def _judge_case(question: Question, test: Test, inputs, outcome: Outcome, expect
     suffix = f" [case: {where}]" if where else ""
     if outcome.status == "not_implemented":
         return NOT_IMPLEMENTED
+    if outcome.status == "timeout" and outcome.error:
+        return f"{outcome.error} (after {question.timeout:g} s each)"
     if outcome.status == "timeout":
         return (
             f"timed out after {question.timeout:g} s (an infinite loop, or a Python loop over "
@@ -418,37 +451,36 @@ def _error_result(question_id: str, message: str) -> Result:
     return Result(question_id, [], error=message)
 
 
-def grade(question_id: str, answer, *, seed: int = 0) -> Result:
-    """Grade ``answer`` for ``question_id`` silently and return the Result. Never raises."""
+def grade(question_id: str | Question, answer, *, seed: int = 0) -> Result:
+    """Grade ``answer`` for ``question_id`` (or a Question) silently; return the Result.
+
+    Never raises.
+    """
     from .registry import get_question, list_questions
 
-    try:
-        question = get_question(question_id)
-    except KeyError:
-        known = ", ".join(list_questions()) or "none"
-        return _error_result(question_id, f"unknown question id {question_id!r} (known: {known})")
+    if isinstance(question_id, Question):
+        question = question_id
+    else:
+        try:
+            question = get_question(question_id)
+        except KeyError:
+            known = ", ".join(list_questions()) or "none"
+            return _error_result(
+                str(question_id), f"unknown question id {question_id!r} (known: {known})"
+            )
     try:
         cases = question.make_inputs(seed)
-        outcomes = []
-        for test_cases in cases:
-            row = []
-            for inputs in test_cases:
-                outcome = run_case(question.run, answer, _codec.encode(inputs), question.timeout)
-                row.append(outcome)
-                if outcome.status == "not_implemented":
-                    # the remaining cases would say the same: fill them without calling again
-                    row.extend([outcome] * (len(test_cases) - len(row)))
-                    break
-            outcomes.append(row)
+        encoded = [[_codec.encode(inputs) for inputs in test_cases] for test_cases in cases]
+        outcomes = run_question(question.run, answer, encoded, question.timeout)
         return grade_outcomes(question, cases, outcomes)
     except KeyboardInterrupt:
         raise
     except BaseException:  # noqa: BLE001 - a bug in the grader must not crash a student's cell
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return _error_result(question_id, f"the grader itself failed ({detail}); tell the course")
+        return _error_result(question.id, f"the grader itself failed ({detail}); tell the course")
 
 
-def check(question_id: str, answer, *, seed: int = 0) -> Result:
+def check(question_id: str | Question, answer, *, seed: int = 0) -> Result:
     """Grade ``answer`` and print one line per test (pass, or fail with a hint) and the score.
 
     Never raises. Returns the Result (``score``, ``max_score``, ``passed``, ``tests``).
@@ -456,7 +488,7 @@ def check(question_id: str, answer, *, seed: int = 0) -> Result:
     tests itself) and returns an empty Result.
     """
     if os.environ.get(IN_BATCH_CHILD):
-        return Result(question_id)
+        return Result(getattr(question_id, "id", str(question_id)))
     result = grade(question_id, answer, seed=seed)
     print(result.report())
     return result
