@@ -334,3 +334,28 @@ def test_every_reference_scores_full_marks(qid):
     for seed in (0, 1):
         result = grade(qid, question.reference, seed=seed)
         assert result.passed, result.report()
+
+
+def test_the_time_limit_works_inside_a_jupyter_kernel():
+    """ipykernel runs cells in the main thread, so SIGALRM stops an infinite loop there too."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            "from attention_course.grading import check\n\n\n"
+            "def masked_softmax(scores, mask=None, dim=-1):\n    while True:\n        pass"
+        ),
+        nbformat.v4.new_code_cell(f"result = check({SOFTMAX!r}, masked_softmax)"),
+        nbformat.v4.new_code_cell("print(result.score, result.max_score)"),
+    ]
+    nbclient.NotebookClient(nb, timeout=60).execute()
+    report = nb.cells[1].outputs[0]["text"]
+    assert "timed out after 2 s" in report and "Score: 0/9" in report
+    assert nb.cells[2].outputs[0]["text"].strip() == "0.0 9.0"

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,9 @@ def _read_outcomes(path: Path, cases: list[list]) -> list[list[Outcome]] | None:
     if not path.exists() or path.stat().st_size > MAX_RESULT_BYTES:
         return None
     try:
-        raw = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a forged file may warn about its pickle protocol
+            raw = torch.load(path, weights_only=True, map_location="cpu")
     except Exception:  # noqa: BLE001 - a corrupt or forged file
         return None
     if not isinstance(raw, list) or len(raw) != len(cases):
