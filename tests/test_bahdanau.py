@@ -130,15 +130,27 @@ def test_chapter_2_claims_hold_at_more_seeds(seed):
         field_attention_share,
         train_date_model,
     )
+    from attention_course.data import DATE_FORMATS
 
     torch.set_num_threads(1)
-    comparison = compare_on_copy(seed, [5, 30, 45], n=256, progress=False)
+    comparison = compare_on_copy(seed, [5, 30, 45, 50], n=256, progress=False)
     plain, attention = comparison.plain_curve, comparison.attention_curve
     (attn_tok30, attn_seq30), (plain_tok30, plain_seq30) = attention.at(30), plain.at(30)
     assert attn_seq30 >= 0.80 and attn_tok30 >= 0.95, (attn_tok30, attn_seq30)
     assert plain_seq30 <= 0.05 and plain_tok30 <= 0.35, (plain_tok30, plain_seq30)
     assert plain.at(5)[1] >= 0.90 and attention.at(5)[1] >= 0.90
     assert attention.at(45)[0] >= 0.75 and plain.at(45)[0] <= 0.30
+    assert attention.at(50)[1] < attn_seq30 - 0.3
+
+    # the shift-by-one diagonal of the bidirectional encoder
+    test30 = comparison.attention.task.sample(256, 30, seed=2030)
+    with torch.no_grad():
+        _, weights30 = comparison.attention.model(test30.src, test30.src_lengths, test30.tgt_in)
+    strongest = weights30[:, 1:30].argmax(dim=-1)  # (B, 29)
+    steps = torch.arange(1, 30)
+    share_previous = (strongest == steps - 1).float().mean().item()
+    share_same = (strongest == steps).float().mean().item()
+    assert share_previous >= 0.6 and share_previous > 2 * share_same, (share_previous, share_same)
 
     dates = train_date_model(seed=seed, steps=200, progress=False)
     held_out = dates.task.sample(1000, "test", seed=1)
@@ -149,3 +161,16 @@ def test_chapter_2_claims_hold_at_more_seeds(seed):
     chance = field_attention_share(weights, held_out, uniform=True)
     assert shares["year"] >= 0.75 and shares["month"] >= 0.60 and shares["day"] >= 0.60, shares
     assert all(shares[f] >= 2.5 * chance[f] for f in shares), (shares, chance)
+    for fmt in DATE_FORMATS:  # the weakest (format, field) cell
+        one_format = dates.task.sample(200, "test", seed=2, formats=[fmt])
+        with torch.no_grad():
+            _, w = dates.model(one_format.src, one_format.src_lengths, one_format.tgt_in)
+        cell = field_attention_share(w, one_format)
+        assert min(cell.values()) >= 0.45, (fmt, cell)
+    # mm/dd/yy: the year is read right of the day, the day right of the month
+    us = dates.task.sample(200, "test", seed=3, formats=["mm/dd/yy"])
+    with torch.no_grad():
+        _, w = dates.model(us.src, us.src_lengths, us.tgt_in)
+    centre = (w * torch.arange(us.src.shape[1])).sum(-1)  # (B, T)
+    year, month, day = centre[:, 0:4].mean(-1), centre[:, 5:7].mean(-1), centre[:, 8:10].mean(-1)
+    assert ((year > day) & (day > month)).float().mean() >= 0.95
