@@ -211,11 +211,15 @@ def test_sinusoidal_positions():
 
 
 def test_sinusoidal_relative_position_is_linear():
-    """PE[pos + k] is a fixed rotation of PE[pos] (Vaswani et al. 3.5)."""
+    """PE[pos + k] = PE[pos] @ M, M a rotation by omega_i * k in each (sin, cos) pair (3.5)."""
     pe = sinusoidal_positions(40, 8)
     k = 3
-    solution = torch.linalg.lstsq(pe[:-k], pe[k:]).solution  # (8, 8) linear map
-    assert_close(pe[:-k] @ solution, pe[k:], atol=1e-4, rtol=1e-4)
+    omega = 1 / 10000 ** (torch.arange(0, 8, 2) / 8)
+    blocks = [
+        torch.tensor([[math.cos(w * k), -math.sin(w * k)], [math.sin(w * k), math.cos(w * k)]])
+        for w in omega.tolist()
+    ]
+    assert_close(pe[:-k] @ torch.block_diag(*blocks), pe[k:], atol=1e-5, rtol=1e-5)
 
 
 def test_causal_mask():
