@@ -161,6 +161,13 @@ def graded(tmp_path_factory):
         UNSCALED_ATTENTION,
         CHECKS,
     )
+    _notebook(
+        subs / "uses_reference.ipynb",
+        SETUP,
+        "from attention_course.attention import masked_softmax",
+        GOOD_ATTENTION,
+        CHECKS,
+    )
     (subs / "broken.ipynb").write_text("{ this is not json")
     (subs / "not_a_notebook.ipynb").write_text(json.dumps({"cells": 5}))
     argv = [str(subs), "--out", str(out), "--jobs", "2", "--cell-timeout", "3"]
@@ -177,7 +184,7 @@ def _scores(row):
 
 def test_gradebook_has_a_row_per_submission_and_a_column_per_question(graded):
     rows, results, _ = graded
-    assert len(rows) == 11 and set(rows) == set(results)
+    assert len(rows) == 12 and set(rows) == set(results)
     header = list(next(iter(rows.values())).keys())
     assert header == [
         "submission",
@@ -269,6 +276,14 @@ def test_tampering_in_the_child_gains_nothing(graded):
     assert "no answer could be collected" in outputs
 
 
+def test_an_answer_imported_from_the_course_package_is_flagged(graded):
+    rows, _, _ = graded
+    assert (
+        "the answer is the course's own attention_course.attention.core"
+        in (rows["uses_reference"]["notes"])
+    )
+
+
 def test_results_json_is_gradescope_shaped(graded):
     _, results, _ = graded
     for result in results.values():
@@ -276,21 +291,24 @@ def test_results_json_is_gradescope_shaped(graded):
         assert result["score"] == sum(t["score"] for t in result["tests"])
 
 
-def test_unmodified_exercises_score_zero_and_solutions_full_marks(tmp_path):
-    exercises = sorted((ROOT / "exercises").glob("*.ipynb"))
-    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
-    subs = grade_submissions(
-        [str(p) for p in exercises + solutions], tmp_path, jobs=2, progress=None
-    )
+SETS = sorted(p.name for p in (ROOT / "solutions").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_unmodified_exercises_score_zero_and_solutions_full_marks(tmp_path, name):
+    exercise, solution = ROOT / "exercises" / name, ROOT / "solutions" / name
+    subs = grade_submissions([str(exercise), str(solution)], tmp_path, jobs=2, progress=None)
+    graded_exercise, graded_solution = subs
     for sub in subs:
-        assert not sub.error and sub.results, sub.path
-        if "/exercises/" in sub.path.replace("\\", "/"):
-            assert sub.score == 0, sub.path
-            assert all(
-                t.message == "not implemented yet" for r in sub.results.values() for t in r.tests
-            )
-        else:
-            assert sub.score == sub.max_score > 0, (sub.path, sub.notes)
+        assert not sub.error and sub.results, (sub.path, sub.error)
+    assert graded_exercise.score == 0
+    assert all(
+        t.message == "not implemented yet"
+        for r in graded_exercise.results.values()
+        for t in r.tests
+    )
+    assert graded_solution.score == graded_solution.max_score > 0, graded_solution.notes
+    assert set(graded_solution.results) == set(graded_exercise.results)
 
 
 def test_list_questions_on_the_command_line():

@@ -58,7 +58,7 @@ def encode(value, _depth: int = 0):
     if type(value) in (list, tuple):
         items = [encode(item, _depth + 1) for item in value]
         return {_TUPLE: items} if type(value) is tuple else items
-    if type(value) is dict or (isinstance(value, dict) and type(value).__name__ == "OrderedDict"):
+    if isinstance(value, dict):  # dict, OrderedDict (a state_dict), ...
         return {str(k): encode(v, _depth + 1) for k, v in value.items()}
     try:
         text = repr(value)[:200]

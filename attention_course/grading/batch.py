@@ -286,7 +286,9 @@ def results_json(sub: Submission) -> dict:
 
 def write_gradebook(subs: list[Submission], path: Path) -> list[str]:
     """One row per submission, one column per question, a total; returns the question columns."""
-    columns: list[str] = sorted({qid for sub in subs for qid in sub.results})
+    columns: list[str] = []  # in the order the notebooks ask the questions
+    for sub in subs:
+        columns += [qid for qid in sub.results if qid not in columns]
     maxima = {qid: get_question(qid).max_score for qid in columns}
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -335,6 +337,7 @@ def grade_submissions(
     """Grade every notebook (folders are searched for *.ipynb); write the results and gradebook."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    list_questions()  # load the registry once, before the worker threads start
     files = _expand(paths)
     names: list[str] = []
     for file in files:
