@@ -245,8 +245,10 @@ def translate(
 
     Returns one ``(output text, weights)`` per text; ``weights`` is ``(T_out, S)``: one row per
     output character plus the EOS step, one column per source character (no padding).
-    Characters outside the task's source vocabulary raise ``ValueError``.
+    An empty text, or characters outside the task's source vocabulary, raise ``ValueError``.
     """
+    if not all(texts):
+        raise ValueError("an input is empty: type a date")
     ids = [torch.tensor(task.src_vocab.encode(text)) for text in texts]
     lengths = torch.tensor([len(x) for x in ids])  # (B,)
     src = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=task.src_vocab.pad_id)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_course.attention import AdditiveAttention as ZooAdditiveAttention
-from attention_course.bahdanau import AdditiveAttention
+from attention_course.bahdanau import AdditiveAttention, BahdanauDecoder
 
 B, S, Q, K, A = 3, 7, 5, 6, 4
 
@@ -174,3 +174,21 @@ def test_chapter_2_claims_hold_at_more_seeds(seed):
     centre = (w * torch.arange(us.src.shape[1])).sum(-1)  # (B, T)
     year, month, day = centre[:, 0:4].mean(-1), centre[:, 5:7].mean(-1), centre[:, 8:10].mean(-1)
     assert ((year > day) & (day > month)).float().mean() >= 0.95
+
+
+def test_translate_returns_trimmed_alignments_and_rejects_bad_input():
+    from attention_course.bahdanau import translate
+    from attention_course.data import DateTask
+    from attention_course.seq2seq import Seq2SeqConfig, build_model
+
+    task = DateTask(seed=0, n_test_dates=10)
+    config = Seq2SeqConfig(len(task.src_vocab), len(task.tgt_vocab))
+    model = build_model(config, BahdanauDecoder, seed=0)
+    texts = ["11/24/26", "Tuesday, November 24, 2026"]
+    for text, (output, weights) in zip(texts, translate(model, task, texts, max_len=5)):
+        assert weights.shape[1] == len(text)  # no padding columns
+        assert weights.shape[0] == min(len(output) + 1, 5)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[0]))
+    for bad in ["", "11/24/26 ☃"]:
+        with pytest.raises(ValueError):
+            translate(model, task, [bad])
