@@ -62,6 +62,15 @@ def test_not_implemented_scores_zero_in_one_line(capsys):
     assert out.strip().splitlines()[-1].startswith("Score: 0/")
 
 
+class _HostileError(Exception):
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+def _raise_hostile(*args, **kwargs):
+    raise _HostileError
+
+
 class _Weird:
     def __eq__(self, other):  # claims to equal anything
         return True
@@ -89,6 +98,7 @@ def _gen():
         lambda *a, **k: sys.exit(3),
         lambda *a, **k: {}["missing"],
         lambda *a, **k: torch.zeros(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2),
+        _raise_hostile,
     ],
     ids=[
         "none",
@@ -103,6 +113,7 @@ def _gen():
         "sys-exit",
         "key-error",
         "huge-rank",
+        "hostile-exception",
     ],
 )
 def test_check_never_raises_and_fails_with_a_message(answer, capsys):

@@ -289,7 +289,10 @@ def _call_with_time_limit(fn: Callable[[], Any], seconds: float):
 
 
 def _describe_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
+    try:
+        text = f"{type(exc).__name__}: {exc}".strip()
+    except BaseException:  # noqa: BLE001 - an exception whose __str__ raises
+        text = type(exc).__name__
     text = re.sub(r"\s+", " ", text)
     return text[:300]
 
