@@ -101,6 +101,19 @@ def test_matches_torch_with_attn_mask_3d_per_head():
     assert_close(out4, ref_out)
 
 
+def test_per_sequence_attn_mask_is_shared_by_heads():
+    ours, theirs = make_pair(seed=7)
+    B, L, S = 2, 4, 5
+    q, k, v = inputs(B=B, L=L, S=S)
+    allowed = torch.rand(B, L, S, generator=torch.Generator().manual_seed(1)) > 0.4
+    allowed[..., 0] = True
+    out, w = ours(q, k, v, attn_mask=allowed, average_attn_weights=False)
+    per_head = allowed.repeat_interleave(H, dim=0)  # PyTorch wants (B*h, L, S)
+    ref_out, ref_w = theirs(q, k, v, attn_mask=to_torch_mask(per_head), average_attn_weights=False)
+    assert_close(out, ref_out)
+    assert_close(w, ref_w)
+
+
 def test_matches_torch_with_key_padding_mask():
     ours, theirs = make_pair(seed=4)
     q, k, v = inputs(B=3, L=5, S=7)

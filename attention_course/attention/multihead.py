@@ -133,8 +133,8 @@ class MultiHeadAttention(nn.Module):
         Masks use the course convention: boolean True = this query MAY attend to this key
         (the opposite of ``nn.MultiheadAttention``; convert with ``from_torch_mask``).
 
-        - ``attn_mask``: (L, S), or (B*h, L, S) as in PyTorch, or anything broadcastable to
-          (B, h, L, S); boolean, or float added to the scores.
+        - ``attn_mask``: (L, S); (B*h, L, S) as in PyTorch; (B, L, S), one mask per sequence;
+          or anything broadcastable to (B, h, L, S). Boolean, or float added to the scores.
         - ``key_padding_mask``: (B, S) boolean, True = a real key, False = padding.
 
         Returns ``(output, weights)``: output (B, L, E); weights averaged over heads (B, L, S)
@@ -153,6 +153,8 @@ class MultiHeadAttention(nn.Module):
         if attn_mask is not None:
             if attn_mask.dim() == 3 and attn_mask.shape[0] == B * h:
                 attn_mask = attn_mask.view(B, h, L, S)  # PyTorch's (B*h, L, S) layout
+            elif attn_mask.dim() == 3 and attn_mask.shape[0] == B:
+                attn_mask = attn_mask.unsqueeze(1)  # (B, L, S) -> (B, 1, L, S): same for heads
             mask = attn_mask
         if key_padding_mask is not None:
             padding = key_padding_mask.view(B, 1, 1, S)  # (B, 1, 1, S): same for heads, queries
