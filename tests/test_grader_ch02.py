@@ -218,6 +218,12 @@ STEP_WRONG = {
         ),
         Q.CONTEXT_WRONG_AXIS,
     ),
+    "softmax over a size-1 axis": (
+        lambda s, h, k, W, v, m: _ctx(
+            torch.softmax(_scores(s, k, W, v, m).unsqueeze(-1), dim=-1).squeeze(-1), h
+        ),
+        Q.SIZE_ONE_AXIS,
+    ),
     "exp without normalising": (
         lambda s, h, k, W, v, m: _ctx(torch.exp(_scores(s, k, W, v, m)), h),
         Q.NOT_NORMALISED,

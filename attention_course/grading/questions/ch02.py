@@ -63,6 +63,10 @@ CONTEXT_WRONG_AXIS = (
     "(B, 2H_enc), one vector per sequence"
 )
 NOT_NORMALISED = "normalise the scores with a softmax before averaging the annotations"
+SIZE_ONE_AXIS = (
+    "the softmax ran over an axis of size 1, so every weight is 1: scores shaped (B, S, 1) "
+    "(e.g. from nn.Linear(A, 1)) must be squeezed to (B, S) and normalised over S"
+)
 STACKED_DIM0 = "stack the T per-step weights along dim=1: the result is batch first, (B, T, S)"
 S_I = (
     "attend with the PREVIOUS decoder state s_{i-1}: the step's context and weights come before "
@@ -314,7 +318,15 @@ def _step_mistakes(prev_state, states, projected_keys, W_a, v_a, mask):
         (W_LAYOUT, model(layout="math")),
         (CONTEXT_FROM_KEYS, model(values="keys")),
         (NOT_NORMALISED, model(normalise=False)),
+        (SIZE_ONE_AXIS, lambda: _ones_weights(states, mask, nan=False)),
+        (SIZE_ONE_AXIS, lambda: _ones_weights(states, mask, nan=True)),
     ]
+
+
+def _ones_weights(states, mask, nan):
+    """What a softmax over a size-1 axis gives: 1 on real positions, 0 (or NaN) on padding."""
+    weights = torch.where(mask, 1.0, float("nan") if nan else 0.0).to(states.dtype)  # (B, S)
+    return (torch.nan_to_num(weights).unsqueeze(-1) * states).sum(dim=1), weights
 
 
 def _context_shape_hint(context, case) -> None:
