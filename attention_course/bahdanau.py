@@ -16,6 +16,12 @@ bidirectional encoder), A the attention width.
 
 Masks follow the course convention (``F.scaled_dot_product_attention``'s): boolean, True = the
 decoder MAY attend to that source position, False = padding that gets weight exactly 0.
+
+Contents: :class:`AdditiveAttention` and :class:`BahdanauDecoder` (the model, a subclass of
+``seq2seq.Decoder`` overriding its ``context`` and ``prepare`` hooks); :func:`compare_on_copy`
+(the paper's Fig. 2 in miniature, through chapter 1's training and evaluation functions);
+:func:`train_date_model`, :func:`field_attention_share`, :func:`date_exact_match` and
+:func:`translate` (Fig. 3 in miniature, on date normalisation).
 """
 
 from __future__ import annotations
