@@ -79,77 +79,80 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    """Embedding + bidirectional GRU. Padding never reaches the summary (packed sequences)."""
+    """Embedding + bidirectional GRU; padding never reaches the summary."""
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.src_vocab_size, config.emb_dim, config.pad_id)
-        self.rnn = nn.GRU(config.emb_dim, config.enc_hidden, batch_first=True, bidirectional=True)
+        E, H = config.emb_dim, config.enc_hidden
+        self.embedding = nn.Embedding(config.src_vocab_size, E, config.pad_id)
+        self.rnn = nn.GRU(E, H, batch_first=True, bidirectional=True)
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
-        """Encode ``src`` (B, S) of true lengths ``src_lengths`` (B,)."""
+        """Encode ``src`` (B, S) whose true lengths are ``src_lengths`` (B,)."""
         B, S = src.shape
         x = self.embedding(src)  # (B, S) -> (B, S, E)
         lengths = src_lengths.cpu()
-        if bool((lengths == S).all()):  # nothing to hide: skip packing (same result, faster)
+        if bool((lengths == S).all()):  # no padding: packing would change nothing
             states, final = self.rnn(x)  # (B, S, 2*H_enc), (2, B, H_enc)
         else:
-            # Packing runs each sequence only up to its true length, so the forward direction
-            # stops at the last real token and the backward direction starts there.
+            # A packed batch runs each sequence only up to its true length: the
+            # forward GRU stops at the last real token, the backward one starts there.
             packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            packed_states, final = self.rnn(packed)  # final: (2, B, H_enc), in batch order
-            states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=S)
-            # padded positions of states are exactly 0: (B, S, 2*H_enc)
-        summary = torch.cat([final[0], final[1]], dim=-1)  # (B, 2*H_enc)
-        mask = torch.arange(S, device=src.device)[None, :] < src_lengths[:, None]  # (B, S)
+            packed_states, final = self.rnn(packed)  # final: (2, B, H_enc)
+            states, _ = pad_packed_sequence(
+                packed_states, batch_first=True, total_length=S
+            )  # (B, S, 2*H_enc), exactly 0 at padded positions
+        # [last forward state; first backward state]: (2, B, H_enc) -> (B, 2*H_enc)
+        summary = torch.cat([final[0], final[1]], dim=-1)
+        mask = torch.arange(S, device=src.device) < src_lengths[:, None]  # (B, S)
         return EncoderOutput(states=states, summary=summary, mask=mask)
 
 
 class Decoder(nn.Module):
-    """A GRU-cell decoder: s_i = GRU([E y_{i-1}; c_i], s_{i-1}), p(y_i) = softmax(W_o [s_i; c_i;
-    E y_{i-1}]).
+    """A GRU-cell decoder whose one overridable hook is ``context``.
 
-    The ONE hook a variant overrides is :meth:`context` (where c_i comes from). This base
-    version returns the encoder's summary at every step (no attention). :meth:`prepare` is
-    called once per source batch before decoding (a no-op here; an attention decoder may
-    precompute U h_j in it).
+    s_i = GRU(s_{i-1}, [E y_{i-1}; c_i]),  p(y_i) = softmax(W_o [s_i; c_i; E y_{i-1}]).
+    Here c_i is the encoder's summary at every step (no attention). ``prepare``
+    runs once per source batch before decoding (a no-op here; an attention
+    decoder may precompute U h_j in it).
     """
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__()
         self.config = config
         E, C, H = config.emb_dim, config.enc_dim, config.dec_hidden
-        self.embedding = nn.Embedding(config.tgt_vocab_size, E, config.pad_id)
-        self.init_proj = nn.Linear(C, H)  # s_0 = tanh(W_init summary)
-        self.cell = nn.GRUCell(E + C, H)  # input: [E y_{i-1}; c_i]
-        self.out = nn.Linear(H + C + E, config.tgt_vocab_size)  # [s_i; c_i; E y_{i-1}] -> V
+        V = config.tgt_vocab_size
+        self.embedding = nn.Embedding(V, E, config.pad_id)
+        self.init_proj = nn.Linear(C, H)  # s_0 = tanh(W_init c)
+        self.cell = nn.GRUCell(E + C, H)  # reads [E y_{i-1}; c_i]
+        self.out = nn.Linear(H + C + E, V)  # [s_i; c_i; E y_{i-1}] -> V
 
     def prepare(self, enc: EncoderOutput) -> EncoderOutput:
-        """Once per source batch, before the decoding loop: cache what does not depend on i."""
+        """Once per source batch: cache what does not depend on the step i."""
         return enc
 
     def context(
         self, prev_state: torch.Tensor, enc: EncoderOutput
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """c_i for output step i from s_{i-1} (B, H_dec): returns (context (B, 2*H_enc), weights).
+        """c_i from s_{i-1} (B, H_dec): (context (B, 2*H_enc), weights (B, S) or None).
 
-        No attention here: the context is the fixed summary vector, and there are no weights.
+        No attention here: the fixed summary vector, and no weights.
         """
         return enc.summary, None
 
     def init_state(self, enc: EncoderOutput) -> torch.Tensor:
-        """s_0 = tanh(W_init summary): (B, 2*H_enc) -> (B, H_dec)."""
+        """s_0 = tanh(W_init c): (B, 2*H_enc) -> (B, H_dec)."""
         return torch.tanh(self.init_proj(enc.summary))
 
     def step(
         self, prev_token: torch.Tensor, prev_state: torch.Tensor, enc: EncoderOutput
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One output step: y_{i-1} (B,) and s_{i-1} (B, H_dec) -> (logits (B, V), s_i, weights)."""
+        """y_{i-1} (B,), s_{i-1} (B, H_dec) -> logits (B, V), s_i, weights."""
         emb = self.embedding(prev_token)  # (B,) -> (B, E)
-        context, weights = self.context(prev_state, enc)  # (B, 2*H_enc), (B, S) or None
-        state = self.cell(torch.cat([emb, context], dim=-1), prev_state)  # (B, H_dec)
-        logits = self.out(torch.cat([state, context, emb], dim=-1))  # (B, V)
+        context, weights = self.context(prev_state, enc)  # (B, 2*H_enc), (B, S)?
+        state = self.cell(torch.cat([emb, context], -1), prev_state)  # (B, H_dec)
+        logits = self.out(torch.cat([state, context, emb], -1))  # (B, V)
         return logits, state, weights
 
 
@@ -276,13 +279,13 @@ def final_hidden_state(outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Te
 def position_gradient_norms(rnn: nn.Module, inputs: torch.Tensor, loss_fn) -> torch.Tensor:
     """How much learning signal reaches each input position: (S,).
 
-    Runs ``rnn`` (batch first) on ``inputs`` (B, S, E), takes the scalar ``loss_fn(outputs)``
-    of its outputs (B, S, H), and returns the L2 norm over E of d loss / d inputs[b, j],
-    averaged over the batch: entry j is position j from the start. ``inputs`` is not modified.
+    Runs ``rnn`` (batch first) on ``inputs`` (B, S, E) and differentiates the scalar
+    ``loss_fn(outputs)``; entry j is the L2 norm over E of d loss / d inputs[b, j],
+    averaged over the batch (j counts from the start). ``inputs`` is not modified.
     """
-    inputs = inputs.detach().clone().requires_grad_(True)  # (B, S, E), a leaf we own
-    outputs, _ = rnn(inputs)  # (B, S, H)
-    (grad,) = torch.autograd.grad(loss_fn(outputs), inputs)  # (B, S, E)
+    x = inputs.detach().clone().requires_grad_(True)  # (B, S, E), a leaf we own
+    outputs, _ = rnn(x)  # (B, S, H)
+    (grad,) = torch.autograd.grad(loss_fn(outputs), x)  # (B, S, E)
     return grad.norm(dim=-1).mean(dim=0)  # (B, S, E) -> (B, S) -> (S,)
 
 
