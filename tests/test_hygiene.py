@@ -97,7 +97,15 @@ def test_ruff_lint_and_format_are_clean():
     beside = Path(sys.executable).with_name("ruff")
     ruff = str(beside) if beside.exists() else shutil.which("ruff")
     assert ruff, "ruff is not installed: pip install -r requirements.txt"
-    targets = ["attention_course", "tests", "tools", "notebooks", "solutions", "exercises"]
+    targets = [
+        "conftest.py",
+        "attention_course",
+        "tests",
+        "tools",
+        "notebooks",
+        "solutions",
+        "exercises",
+    ]
     lint = subprocess.run([ruff, "check", *targets], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, "ruff check found problems:\n" + lint.stdout + lint.stderr
     fmt = subprocess.run(

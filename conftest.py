@@ -1,4 +1,5 @@
-"""Shared pytest configuration: the per-notebook timing table printed at the end of every run.
+"""Root pytest configuration (root, so it also loads when only notebooks are collected):
+the per-notebook timing table printed at the end of every run.
 
 Budgets (DESIGN): a chapter notebook <= 60 s under nbval, an exercise notebook <= 20 s, the whole
 test command <= 10 min. The table reports them; it does not fail the run (timed tests are flaky
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 NOTEBOOK_BUDGET_S = {"notebooks": 60.0, "solutions": 20.0, "exercises": 20.0}
 
 _seconds: dict[str, float] = defaultdict(float)
