@@ -3,7 +3,7 @@
 Submodules (import them by name; their names are permanent, later chapters rely on them):
 
 - ``attention_course.data``      seeded synthetic tasks (copy, reverse, dates) as batched tensors
-- ``attention_course.seq2seq``   the GRU encoder-decoder of chapters 1-2, its training and evaluation
+- ``attention_course.seq2seq``   the GRU encoder-decoder of chapters 1-2: training, evaluation
 - ``attention_course.bahdanau``  additive attention and the attention decoder (chapter 2)
 - ``attention_course.plots``     attention heatmaps, learning curves, accuracy-vs-length curves
 - ``attention_course.utils``     seeding, device choice, a small training loop, parameter counts
