@@ -137,9 +137,9 @@ def test_chapter_2_claims_hold_at_more_seeds(seed):
     plain, attention = comparison.plain_curve, comparison.attention_curve
     (attn_tok30, attn_seq30), (plain_tok30, plain_seq30) = attention.at(30), plain.at(30)
     assert attn_seq30 >= 0.80 and attn_tok30 >= 0.95, (attn_tok30, attn_seq30)
-    assert plain_seq30 <= 0.05 and plain_tok30 <= 0.35, (plain_tok30, plain_seq30)
+    assert plain_seq30 <= 0.05 and plain_tok30 <= 0.30, (plain_tok30, plain_seq30)
     assert plain.at(5)[1] >= 0.90 and attention.at(5)[1] >= 0.90
-    assert attention.at(45)[0] >= 0.75 and plain.at(45)[0] <= 0.30
+    assert attention.at(45)[0] >= 0.75 and plain.at(45)[0] <= 0.25
     assert attention.at(50)[1] < attn_seq30 - 0.3
 
     # the shift-by-one diagonal of the bidirectional encoder
