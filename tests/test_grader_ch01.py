@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from graderkit import assert_caught
 
 from attention_course import seq2seq
 from attention_course.grading import grade
@@ -18,13 +19,6 @@ from attention_course.grading.questions import ch01
 STATE = "ch01.final_hidden_state"
 ACCURACY = "ch01.sequence_accuracy"
 GRADIENT = "ch01.position_gradient_norms"
-
-
-def assert_caught(question: str, answer, hint: str, seed: int = 0) -> None:
-    result = grade(question, answer, seed=seed)
-    assert result.score < result.max_score, f"{answer.__name__} was not caught"
-    messages = [t.message for t in result.tests if not t.passed]
-    assert any(hint.lower() in m.lower() for m in messages), "\n".join(messages)
 
 
 # --------------------------------------------------------------------------- final_hidden_state

@@ -11,25 +11,14 @@ import math
 
 import pytest
 import torch
+from graderkit import assert_caught as caught
+from graderkit import assert_full_marks as full_marks
 
 from attention_course.grading import grade
 from attention_course.grading.questions import ch03_zoo as Z
 from attention_course.grading.registry import import_errors
 
 NEG_INF = float("-inf")
-
-
-def caught(question_id: str, answer, hint: str) -> None:
-    """The answer loses points and one failing test names the mistake."""
-    result = grade(question_id, answer)
-    assert not result.passed and result.score < result.max_score, result.report()
-    messages = [t.message for t in result.tests if not t.passed]
-    assert any(hint in m for m in messages), "\n".join(messages)
-
-
-def full_marks(question_id: str, answer) -> None:
-    result = grade(question_id, answer)
-    assert result.passed and result.score == result.max_score, result.report()
 
 
 def test_the_questions_are_registered():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from graderkit import assert_caught, assert_full_marks
 from torch import nn
 
 from attention_course.attention import MultiHeadAttention as PackageMultiHeadAttention
@@ -26,19 +27,6 @@ QUESTION_IDS = [
 
 def test_questions_are_registered():
     assert set(QUESTION_IDS) <= set(list_questions("ch04"))
-
-
-def assert_full_marks(question_id, answer):
-    result = grade(question_id, answer)
-    assert result.passed, result.report()
-    assert result.score == result.max_score > 0
-
-
-def assert_caught(question_id, answer, hint):
-    result = grade(question_id, answer)
-    assert result.score < result.max_score, f"a wrong answer scored full marks:\n{result.report()}"
-    messages = [t.message for t in result.tests if not t.passed]
-    assert any(hint in m for m in messages), f"expected the hint {hint!r}; got:\n{result.report()}"
 
 
 def not_implemented(*args, **kwargs):

@@ -24,6 +24,7 @@ from attention_course.seq2seq import position_gradient_norms as reference_gradie
 from attention_course.seq2seq import sequence_accuracy as reference_sequence_accuracy
 
 from ..core import Question, Test, call_args
+from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged, matches
 
 # Hints, one per plausible mistake (tests/test_grader_ch01.py checks each is named when made).
@@ -101,10 +102,6 @@ GRAD_NO_GRAPH = (
     "the loss has no gradient: run the rnn on a copy of the inputs that requires grad, and "
     "don't wrap it in torch.no_grad()"
 )
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def _lengths(gen: torch.Generator, B: int, S: int, full: bool = True) -> torch.Tensor:

@@ -20,6 +20,7 @@ from attention_course.bahdanau import AdditiveAttention, BahdanauDecoder
 from attention_course.seq2seq import Seq2SeqConfig, build_model
 
 from ..core import Question, Test, call_args
+from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
 
 NEG_INF = float("-inf")
@@ -84,10 +85,6 @@ CONTEXT_NOT_HOOK = (
 
 
 # --------------------------------------------------------------------------- input makers
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.float32):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
 def _padding_mask(gen: torch.Generator, B: int, S: int, full: bool = False) -> torch.Tensor:

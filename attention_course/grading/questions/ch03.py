@@ -19,6 +19,9 @@ from attention_course.attention.core import (
 )
 
 from ..core import Question, Test, call_args
+from ..inputs import bool_mask as _bool_mask
+from ..inputs import float_mask as _float_mask
+from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
 
 NEG_INF = float("-inf")
@@ -96,32 +99,6 @@ BROADCAST = (
 
 
 # --------------------------------------------------------------------------- input makers
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.float32):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-
-def _bool_mask(gen: torch.Generator, *shape: int, empty_rows: int = 0) -> torch.Tensor:
-    """Random boolean mask (True = may attend): every row keeps >= 1 key and masks >= 1 key
-    (when it has two), except ``empty_rows`` rows with no allowed key at all."""
-    mask = torch.rand(*shape, generator=gen) < 0.6
-    S = shape[-1]
-    keep = torch.randint(0, S, shape[:-1], generator=gen)
-    mask.scatter_(-1, keep.unsqueeze(-1), True)
-    if S > 1:
-        drop = (keep + torch.randint(1, S, shape[:-1], generator=gen)) % S
-        mask.scatter_(-1, drop.unsqueeze(-1), False)
-    rows = mask.reshape(-1, S)
-    for row in torch.randperm(rows.shape[0], generator=gen)[:empty_rows]:
-        rows[row] = False
-    return rows.reshape(shape)
-
-
-def _float_mask(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    """Additive mask: a random bias, with -inf where a random boolean mask is False."""
-    bias = _randn(gen, *shape, dtype=dtype)
-    return bias.masked_fill(~_bool_mask(gen, *shape), NEG_INF)
 
 
 # --------------------------------------------------------------------------- mistake models

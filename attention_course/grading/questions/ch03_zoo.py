@@ -15,6 +15,7 @@ import math
 import torch
 
 from attention_course.attention.core import masked_softmax as reference_masked_softmax
+from attention_course.attention.multihead import split_heads
 from attention_course.attention.scoring import (
     AdditiveAttention,
     GeneralAttention,
@@ -23,6 +24,8 @@ from attention_course.attention.scoring import (
 )
 
 from ..core import Question, Test, call_args
+from ..inputs import bool_mask as _bool_mask
+from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
 
 NEG_INF = float("-inf")
@@ -123,26 +126,6 @@ MC_ONE_VALUE = (
 
 
 # --------------------------------------------------------------------------- input makers
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, dtype=torch.float32):
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-
-def _bool_mask(gen: torch.Generator, *shape: int, empty_rows: int = 0) -> torch.Tensor:
-    """Random boolean mask (True = may attend) with >= 1 kept and >= 1 masked key per row
-    (rows of 2+ keys), except ``empty_rows`` rows with no allowed key at all."""
-    mask = torch.rand(*shape, generator=gen) < 0.6
-    S = shape[-1]
-    keep = torch.randint(0, S, shape[:-1], generator=gen)
-    mask.scatter_(-1, keep.unsqueeze(-1), True)
-    if S > 1:
-        drop = (keep + torch.randint(1, S, shape[:-1], generator=gen)) % S
-        mask.scatter_(-1, drop.unsqueeze(-1), False)
-    rows = mask.reshape(-1, S)
-    for row in torch.randperm(rows.shape[0], generator=gen)[:empty_rows]:
-        rows[row] = False
-    return rows.reshape(shape)
 
 
 # --------------------------------------------------------------------------- ch03.additive_score
@@ -364,14 +347,9 @@ GENERAL_SCORE = Question(
 # --------------------------------------------------------------------------- ch03.multihead_weights
 
 
-def _split(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    B, T, E = x.shape
-    return x.reshape(B, T, num_heads, E // num_heads).transpose(1, 2)  # (B, h, T, d)
-
-
 def reference_multihead_weights(query, key, num_heads, attn_mask=None):
     """softmax(Q_i K_i^T / sqrt(d)) for every head i, d = E // num_heads; (B, h, L, S)."""
-    q, k = _split(query, num_heads), _split(key, num_heads)  # (B, h, L, d), (B, h, S, d)
+    q, k = split_heads(query, num_heads), split_heads(key, num_heads)  # (B, h, L, d), (B, h, S, d)
     d = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, h, L, S)
     return reference_masked_softmax(scores, attn_mask, dim=-1)
@@ -416,7 +394,7 @@ def _multihead_variant(
     S = k.shape[1]
     h, d = num_heads, E // num_heads
     if split == "right":
-        qh, kh = _split(q, h), _split(k, h)
+        qh, kh = split_heads(q, h), split_heads(k, h)
     elif split == "reshape":  # (B, L, E) -> (B, h, L, d) without the transpose
         qh, kh = q.reshape(B, h, L, d), k.reshape(B, h, S, d)
     else:  # interleaved: head i gets features i, i + h, i + 2h, ...

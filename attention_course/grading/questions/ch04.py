@@ -26,6 +26,7 @@ from attention_course.attention.multihead import (
 from attention_course.attention.multihead import split_heads as reference_split_heads
 
 from ..core import Question, Test, call_args
+from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
 
 # Hints, one per plausible mistake (tests/test_grader_ch04.py checks each is named when made).
@@ -114,10 +115,6 @@ MHA_AVERAGE_MISSING = (
 )
 MHA_SUMMED = "average the heads' weights (mean over dim 1), don't sum them: rows must sum to 1"
 MHA_PER_HEAD = "with average_attn_weights=False return the weights per head, (B, h, L, S)"
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).float()
 
 
 def _case_suffix(text: str):
