@@ -27,6 +27,7 @@ from ..core import Question, Test, call_args
 from ..inputs import bool_mask as _bool_mask
 from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+from .ch03 import _softmax_variant as _softmax
 
 NEG_INF = float("-inf")
 
@@ -353,28 +354,6 @@ def reference_multihead_weights(query, key, num_heads, attn_mask=None):
     d = q.shape[-1]
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, h, L, S)
     return reference_masked_softmax(scores, attn_mask, dim=-1)
-
-
-def _softmax(x, mask, dim=-1, *, polarity=True, mask_as="inf", stable=True, empty="zeros"):
-    """A masked softmax with one mistake switched on (the defaults are right)."""
-    if mask is not None:
-        keep = mask if polarity else ~mask
-        if mask_as == "inf":
-            x = x.masked_fill(~keep, NEG_INF)
-        elif mask_as == "finite":
-            x = x.masked_fill(~keep, -1e9)
-        elif mask_as == "add01":
-            x = x + keep.double()
-    if stable:
-        top = x.amax(dim=dim, keepdim=True)
-        x = x - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(x)
-    out = e / e.sum(dim=dim, keepdim=True)
-    if empty == "zeros":
-        out = torch.nan_to_num(out, nan=0.0)
-    if mask is not None and mask_as == "after":
-        out = torch.softmax(x, dim) * keep
-    return out
 
 
 def _multihead_variant(
