@@ -1,4 +1,5 @@
-"""Small helpers every chapter uses: seeding, device choice, a training loop, parameter counts.
+"""Small helpers every chapter uses: seeding, device choice, a training loop, parameter counts,
+progress bars that show in a live notebook and stay out of the built book.
 
 Also ``show_source``: the course's one rule for code that a chapter teaches and later chapters
 reuse is that it lives once, here in the package, and the chapter displays its source.
@@ -12,15 +13,21 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm as tqdm_auto
+
+T = TypeVar("T")
 
 __all__ = [
     "History",
     "count_parameters",
     "get_device",
+    "progress",
+    "quiet_progress",
     "seed_everything",
     "show_source",
     "train",
@@ -51,6 +58,37 @@ def get_device(prefer_gpu: bool = True) -> torch.device:
     if prefer_gpu and mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+#: Set to "1" by the test run (conftest.py) and the book build (tools/book_build_env.py, loaded
+#: from _config.yml) before any kernel starts; kernels inherit it, and ``progress`` stays silent.
+QUIET_PROGRESS_ENV = "ATTENTION_COURSE_QUIET_PROGRESS"
+
+
+def quiet_progress() -> bool:
+    """True when nobody watches the notebook run: the book build or the test run executes it.
+
+    Those runs set the environment variable ``ATTENTION_COURSE_QUIET_PROGRESS=1`` before they
+    start a kernel. A progress bar there would be stored in the page as a stale widget (a blank
+    gap once hidden) or as a frozen "100%" line.
+    """
+    return os.environ.get(QUIET_PROGRESS_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm_auto[T]:
+    """``tqdm.auto.tqdm(iterable, **kwargs)`` when someone watches; silent when unattended.
+
+    Use it instead of tqdm in every chapter: ``for seed in progress(SEEDS, desc="seeds"): ...``.
+    When the book build or the test run executes the notebook (see ``quiet_progress``) the bar is
+    disabled: no output at all, so no stale bar and no blank gap in the built page. The returned
+    object is a tqdm bar either way (``set_postfix``, ``update`` and ``close`` work).
+    """
+    if quiet_progress():
+        kwargs["disable"] = True
+    return tqdm_auto(iterable, **kwargs)
+
+
+_progress = progress  # ``train`` has an argument named ``progress``
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -95,17 +133,16 @@ def train(
 
     ``batches`` is any iterable of batches (it is cycled if shorter than ``steps``);
     ``loss_fn(model, batch)`` returns the scalar loss, or ``(loss, {name: value})`` to log extras.
-    Adam is used when no optimizer is given. Progress shows with ``tqdm.auto``.
+    Adam is used when no optimizer is given. Progress shows with ``progress`` (a live notebook
+    only: nothing is printed when the book build or the tests run the notebook).
     """
-    from tqdm.auto import tqdm
-
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = History()
     model.train()
     start = time.perf_counter()
     iterator = iter(batches)
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = _progress(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         try:
             batch = next(iterator)

@@ -121,3 +121,26 @@ def test_course_style_uses_colour_blind_safe_cycle():
     plots.use_course_style()
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     assert [c.lower() for c in colours] == [c.lower() for c in plots.OKABE_ITO]
+
+
+def test_progress_is_silent_when_the_book_build_or_tests_run_the_notebook(monkeypatch, capsys):
+    monkeypatch.setenv(utils.QUIET_PROGRESS_ENV, "1")
+    assert utils.quiet_progress()
+    bar = utils.progress(range(5), desc="quiet")
+    assert list(bar) == [0, 1, 2, 3, 4]
+    bar.set_postfix(loss="0.1")  # a disabled bar still takes the calls a loop makes
+    bar.close()
+    model = nn.Linear(2, 1)
+    utils.train(model, [torch.randn(4, 2)], lambda m, b: m(b).pow(2).mean(), steps=30)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "", "progress printed while unattended"
+
+
+def test_progress_shows_in_a_live_session(monkeypatch):
+    import io
+
+    monkeypatch.delenv(utils.QUIET_PROGRESS_ENV, raising=False)
+    assert not utils.quiet_progress()
+    out = io.StringIO()
+    assert list(utils.progress(range(3), desc="live", file=out)) == [0, 1, 2]
+    assert "live" in out.getvalue() and "3/3" in out.getvalue()
