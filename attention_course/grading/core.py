@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from . import _codec
-from .judges import Fail
+from .hints import REQUIRES_GRAD_LEFT
+from .judges import Fail, expect_unchanged
 
 __all__ = [
     "Case",
@@ -40,6 +41,8 @@ __all__ = [
     "TestResult",
     "call",
     "call_args",
+    "call_grad",
+    "grad_args",
     "check",
     "grade",
     "run_question",
@@ -60,6 +63,59 @@ def call_args(*args, **kwargs) -> dict:
 def call(answer, inputs: dict):
     """The default ``Question.run``: call the answer with the case's positional and keyword args."""
     return answer(*inputs["args"], **inputs["kwargs"])
+
+
+def grad_args(*args, wrt=None, **kwargs) -> dict:
+    """An input case for ``call_grad``: like ``call_args``, plus ``wrt``, the positions (int) or
+    keyword names (str) of the inputs whose gradient is checked (default: every floating-point
+    tensor argument)."""
+    case = call_args(*args, **kwargs)
+    case["wrt"] = None if wrt is None else list(wrt)
+    return case
+
+
+def _cotangent(tensor: torch.Tensor, index: int) -> torch.Tensor:
+    """A fixed random direction for a vector-Jacobian product (same for answer and reference)."""
+    gen = torch.Generator().manual_seed(1000 + index)
+    noise = torch.randn(tuple(tensor.shape), generator=gen, dtype=torch.float64)
+    return noise.to(tensor.dtype)
+
+
+def _float_tensors(value, found: list) -> list:
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            found.append(value)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _float_tensors(item, found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _float_tensors(item, found)
+    return found
+
+
+def call_grad(answer, inputs: dict):
+    """A ``Test.run`` that checks gradient flow: calls the answer on leaf copies (requires_grad)
+    of the ``wrt`` inputs, back-propagates a fixed random direction from every floating-point
+    output, and returns ``{"output": ..., "connected": bool, "grads": {name: grad or None}}``.
+    Judge it with ``judges.expect_grads``."""
+    args, kwargs = list(inputs["args"]), dict(inputs["kwargs"])
+    wrt = inputs.get("wrt")
+    if wrt is None:
+        wrt = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.is_floating_point()]
+    leaves = {}
+    for key in wrt:
+        holder = args if isinstance(key, int) else kwargs
+        holder[key] = holder[key].detach().clone().requires_grad_(True)
+        leaves[str(key)] = holder[key]
+    output = answer(*args, **kwargs)
+    outs = [t for t in _float_tensors(output, []) if t.requires_grad]
+    grads: dict = {name: None for name in leaves}
+    if outs:
+        cots = [_cotangent(t, i) for i, t in enumerate(outs)]
+        found = torch.autograd.grad(outs, list(leaves.values()), cots, allow_unused=True)
+        grads = dict(zip(leaves, found))
+    return {"output": output, "connected": bool(outs), "grads": grads}
 
 
 @dataclass
@@ -92,6 +148,7 @@ class Test:
     inputs: Callable[[torch.Generator], list]  # gen -> list of input cases (plain data)
     judge: Callable[[Case], None]  # raises judges.Fail("hint") when the output is wrong
     points: float = 1.0  # what passing this test is worth
+    run: Callable[[Any, Any], Any] | None = None  # overrides Question.run (e.g. call_grad)
 
 
 @dataclass(frozen=True)
@@ -109,10 +166,16 @@ class Question:
     # (regex searched in "ErrorType: message", hint) for errors the answer raises
     error_hints: Sequence[tuple[str, str]] = ()
     timeout: float = 2.0  # seconds allowed for one call of the answer
+    # False: every case of every test also fails when the answer changed an input in place
+    mutates_inputs: bool = False
 
     @property
     def max_score(self) -> float:
         return float(sum(test.points for test in self.tests))
+
+    def runs(self) -> list[Callable]:
+        """The run function of every test (the test's own, else the question's)."""
+        return [test.run or self.run for test in self.tests]
 
     def make_inputs(self, seed: int = 0) -> list[list]:
         """Input cases for every test, from a generator seeded by (question id, seed, test)."""
@@ -209,6 +272,7 @@ class Outcome:
     inputs_after: Any = None  # encoded inputs after the call
     error: str = ""  # "ErrorType: message" when status == "error"
     seconds: float = 0.0  # wall time of the call
+    leaked: str = ""  # the first input the answer left with requires_grad switched on
 
     def to_plain(self) -> dict:
         return {
@@ -217,6 +281,7 @@ class Outcome:
             "inputs_after": self.inputs_after,
             "error": self.error,
             "seconds": self.seconds,
+            "leaked": self.leaked,
         }
 
     @classmethod
@@ -229,12 +294,14 @@ class Outcome:
             "missing",
         ):
             return cls("error", error="the answer's result could not be read")
+        error, seconds, leaked = data.get("error", ""), data.get("seconds", 0.0), data.get("leaked")
         return cls(
             status=str(data["status"]),
             output=data.get("output"),
             inputs_after=data.get("inputs_after"),
-            error=str(data.get("error", ""))[:500],
-            seconds=float(data.get("seconds", 0.0) or 0.0),
+            error=error[:500] if isinstance(error, str) else "an unreadable error",
+            seconds=float(seconds) if type(seconds) in (int, float) else 0.0,
+            leaked=leaked[:100] if isinstance(leaked, str) else "",
         )
 
 
@@ -320,16 +387,34 @@ def run_case(run: Callable, answer, encoded_inputs, timeout: float) -> Outcome:
     try:
         encoded_output = _codec.encode(output)
         encoded_after = _codec.encode(inputs)
+        leaked = _leaked(inputs)
     except BaseException as exc:  # noqa: BLE001 - a hostile object in the output
         return Outcome("error", error=f"the returned value could not be read ({exc!r})"[:300])
-    return Outcome(status, encoded_output, encoded_after, error, seconds)
+    return Outcome(status, encoded_output, encoded_after, error, seconds, leaked)
+
+
+def _leaked(inputs) -> str:
+    """Name of the first input tensor left with requires_grad on ("" if none)."""
+    if isinstance(inputs, dict) and "args" in inputs:
+        named = [(str(i), a) for i, a in enumerate(inputs["args"])]
+        named += list(inputs.get("kwargs", {}).items())
+    elif isinstance(inputs, dict):
+        named = list(inputs.items())
+    else:
+        named = [("inputs", inputs)]
+    for name, value in named:
+        if any(t.requires_grad for t in _float_tensors(value, [])):
+            return str(name)
+    return ""
 
 
 MAX_TIMEOUTS = 2  # after this many time-outs in one question, the remaining calls are skipped
 
 
-def run_question(run: Callable, answer, encoded_cases: list[list], timeout: float):
+def run_question(run, answer, encoded_cases: list[list], timeout: float):
     """Run the answer on every case of every test; return ``outcomes[test][case]``.
+
+    ``run`` is one function for every test, or a list with one per test (``Question.runs()``).
 
     A test stops at its first case that raises or times out (tests are all or nothing), and
     after ``MAX_TIMEOUTS`` time-outs nothing more is called, so an infinite loop costs a few
@@ -337,7 +422,8 @@ def run_question(run: Callable, answer, encoded_cases: list[list], timeout: floa
     """
     timeouts = 0
     outcomes: list[list[Outcome]] = []
-    for test_cases in encoded_cases:
+    runs = run if isinstance(run, list | tuple) else [run] * len(encoded_cases)
+    for run, test_cases in zip(runs, encoded_cases):
         row: list[Outcome] = []
         for inputs in test_cases:
             if timeouts >= MAX_TIMEOUTS:
@@ -420,6 +506,13 @@ def _judge_case(question: Question, test: Test, inputs, outcome: Outcome, expect
     )
     try:
         test.judge(case)
+        if not question.mutates_inputs:
+            expect_unchanged(case, question.arg_names)
+        if outcome.leaked:
+            name = outcome.leaked
+            if name.isdigit() and int(name) < len(question.arg_names):
+                name = question.arg_names[int(name)]
+            raise Fail(REQUIRES_GRAD_LEFT.format(name=name))
     except Fail as failure:
         return f"{failure}{suffix}"
     except Exception as exc:  # noqa: BLE001 - a judge tripping on an odd output is a failure
@@ -430,11 +523,11 @@ def _judge_case(question: Question, test: Test, inputs, outcome: Outcome, expect
 def expected_outputs(question: Question, cases: list[list]) -> list[list]:
     """run(reference, inputs) for every case, in the judging process."""
     out = []
-    for test_cases in cases:
+    for run, test_cases in zip(question.runs(), cases):
         row = []
         for inputs in test_cases:
             copy = _codec.decode(_codec.encode(inputs))
-            row.append(_codec.decode(_codec.encode(question.run(question.reference, copy))))
+            row.append(_codec.decode(_codec.encode(run(question.reference, copy))))
         out.append(row)
     return out
 
@@ -474,7 +567,7 @@ def grade(question_id: str | Question, answer, *, seed: int = 0) -> Result:
     try:
         cases = question.make_inputs(seed)
         encoded = [[_codec.encode(inputs) for inputs in test_cases] for test_cases in cases]
-        outcomes = run_question(question.run, answer, encoded, question.timeout)
+        outcomes = run_question(question.runs(), answer, encoded, question.timeout)
         return grade_outcomes(question, cases, outcomes)
     except KeyboardInterrupt:
         raise

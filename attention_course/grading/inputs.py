@@ -31,7 +31,10 @@ def bool_mask(gen: torch.Generator, *shape: int, empty_rows: int = 0) -> torch.T
     return rows.reshape(shape)
 
 
-def float_mask(gen: torch.Generator, *shape: int, dtype=torch.float32) -> torch.Tensor:
-    """Additive mask: a random bias, with -inf where a random boolean mask is False."""
+def float_mask(
+    gen: torch.Generator, *shape: int, dtype=torch.float32, empty_rows: int = 0
+) -> torch.Tensor:
+    """Additive mask: a random bias, with -inf where a random boolean mask is False
+    (``empty_rows`` rows all -inf)."""
     bias = randn(gen, *shape, dtype=dtype)
-    return bias.masked_fill(~bool_mask(gen, *shape), NEG_INF)
+    return bias.masked_fill(~bool_mask(gen, *shape, empty_rows=empty_rows), NEG_INF)

@@ -16,10 +16,14 @@ import numpy as np
 import torch
 
 from ._codec import Opaque
+from .hints import IN_PLACE, NO_GRAD, NO_GRAD_TO, NOT_EXACT_ZERO, NOT_RANDOM, SQUEEZE, WRONG_GRAD
 
 __all__ = [
     "Fail",
     "expect_close",
+    "expect_grads",
+    "expect_masked_zero",
+    "expect_random",
     "expect_sequence",
     "expect_tensor",
     "expect_unchanged",
@@ -51,7 +55,9 @@ def expect_tensor(value, like: torch.Tensor, name: str = "output", *, dtype: boo
     if tuple(value.shape) != tuple(like.shape):
         got, want = tuple(value.shape), tuple(like.shape)
         message = f"`{name}` has shape {got}, expected {want}"
-        if sorted(got) == sorted(want):
+        if tuple(d for d in want if d != 1) == got or (len(got) < len(want) and 1 in want):
+            message += f": {SQUEEZE}"
+        elif sorted(got) == sorted(want):
             message += (
                 ": the right sizes in the wrong order. Inputs and outputs are batch first, "
                 "(..., L, ...): did you swap or transpose two axes?"
@@ -147,19 +153,85 @@ def _same(a, b) -> bool:
 
 
 def expect_unchanged(case, names: Iterable[str] = ()):
-    """Fail when the answer changed one of its inputs in place (e.g. ``scores.masked_fill_``)."""
+    """Fail when the answer changed ANY of its inputs in place (tensors, masks, float masks,
+    NumPy arrays, nested dicts such as a state dict). ``names``: labels of the positional args.
+
+    The core calls this after every test's judge (unless ``Question.mutates_inputs``), so a
+    question needs no separate "unchanged" test; keep one with a descriptive name if you like.
+    """
     before, after = case.inputs, case.inputs_after
     if isinstance(before, dict) and "args" in before:
         labels = list(names)
-        for i, (x, y) in enumerate(zip(before["args"], after["args"])):
+        after_args = after.get("args", []) if isinstance(after, dict) else []
+        if len(after_args) != len(before["args"]):
+            raise Fail(IN_PLACE.format(name="args"))
+        for i, (x, y) in enumerate(zip(before["args"], after_args)):
             if not _same(x, y):
                 label = labels[i] if i < len(labels) else f"argument {i}"
-                raise Fail(
-                    f"your function changed its input `{label}` in place (an in-place op such "
-                    f"as masked_fill_, +=, or item assignment); work on a new tensor instead"
-                )
+                raise Fail(IN_PLACE.format(name=label))
+        after_kwargs = after.get("kwargs", {}) if isinstance(after, dict) else {}
         for key in before["kwargs"]:
-            if not _same(before["kwargs"][key], after["kwargs"].get(key)):
-                raise Fail(f"your function changed its input `{key}` in place; don't")
+            if not isinstance(after_kwargs, dict) or not _same(
+                before["kwargs"][key], after_kwargs.get(key)
+            ):
+                raise Fail(IN_PLACE.format(name=key))
+    elif isinstance(before, dict) and isinstance(after, dict):
+        for key in before:
+            if not _same(before[key], after.get(key)):
+                raise Fail(IN_PLACE.format(name=key))
     elif not _same(before, after):
-        raise Fail("your answer changed its inputs in place; work on new tensors instead")
+        raise Fail(IN_PLACE.format(name="inputs"))
+
+
+def expect_masked_zero(weights, allowed, hint: str = NOT_EXACT_ZERO):
+    """Fail unless ``weights`` is exactly 0 wherever ``allowed`` forbids attending. ``allowed``:
+    a boolean mask (True = may attend) or a float mask (finite = may attend), broadcastable."""
+    if not isinstance(weights, torch.Tensor):
+        raise Fail(f"`weights` should be a torch.Tensor, got {_type_name(weights)}")
+    keep = allowed if allowed.dtype == torch.bool else torch.isfinite(allowed)
+    try:
+        forbidden = ~keep.expand_as(weights)
+    except RuntimeError:
+        shape = tuple(weights.shape)
+        raise Fail(f"`weights` has shape {shape}, which the mask cannot fill") from None
+    if (weights.masked_select(forbidden) != 0).any():
+        raise Fail(hint)
+
+
+def expect_grads(case, names: Iterable[str] = (), *, atol: float = 1e-4, rtol: float = 1e-3):
+    """Judge a ``core.call_grad`` test: the output is connected to autograd, and the gradient
+    reaching every ``wrt`` input equals the reference's. ``names``: labels of positional args."""
+    out, exp = case.output, case.expected
+    if not isinstance(out, dict) or not isinstance(out.get("grads"), dict):
+        raise Fail("the answer's result could not be read")
+    if out.get("connected") is not True:
+        raise Fail(NO_GRAD)
+    labels = list(names)
+    for key, want in exp["grads"].items():
+        label = labels[int(key)] if key.isdigit() and int(key) < len(labels) else key
+        got = out["grads"].get(key)
+        if want is None:
+            continue
+        if not isinstance(got, torch.Tensor):
+            raise Fail(NO_GRAD_TO.format(name=label))
+        if not matches(got, want, atol=atol, rtol=rtol):
+            raise Fail(WRONG_GRAD.format(name=label))
+
+
+def expect_random(outputs, *, same: tuple[int, int] = (0, 1), different: tuple[int, int] = (0, 2),
+                  hint: str = NOT_RANDOM):  # fmt: skip
+    """For an estimator called with several seeded generators (see ``kit.call_seeded``):
+    outputs ``same`` (equal seeds) must be equal and ``different`` (other seeds) must differ."""
+    if not isinstance(outputs, list | tuple) or len(outputs) <= max(*same, *different):
+        raise Fail("the answer's result could not be read")
+    a, b = outputs[same[0]], outputs[same[1]]
+    c, d = outputs[different[0]], outputs[different[1]]
+    if not all(isinstance(t, torch.Tensor) for t in (a, b, c, d)):
+        raise Fail(f"the estimate should be a torch.Tensor, got {_type_name(a)}")
+    if a.shape != b.shape or not torch.equal(a, b):
+        raise Fail(
+            "the same seeded generator must give the same estimate: draw from the `generator` "
+            "argument only"
+        )
+    if c.shape == d.shape and torch.equal(c, d):
+        raise Fail(hint)

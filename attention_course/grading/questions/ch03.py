@@ -9,7 +9,6 @@ wrong, *mistake models* (what a known wrong answer computes) name the mistake in
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -19,246 +18,24 @@ from attention_course.attention.core import (
 )
 
 from ..core import Question, Test, call_args
+from ..hints import (
+    ANY_LEADING_DIMS,
+    BROADCAST,
+    INVERT_FLOAT,
+    NAN_EMPTY,
+    NOT_EXACT_ZERO,
+    NOT_NORMALISED,
+    OVERFLOW,
+    TRANSPOSED_KEY,
+    WRONG_AXIS,
+)
 from ..inputs import bool_mask as _bool_mask
 from ..inputs import float_mask as _float_mask
 from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+from ..models import attention_mistakes, softmax_mistakes
 
 NEG_INF = float("-inf")
-
-# Hints, one per plausible mistake (tests/test_grader_ch03.py checks each is named when made).
-WRONG_AXIS = (
-    "the softmax normalises over the wrong axis: the weights must sum to 1 over the keys "
-    "(the last axis, or `dim`)"
-)
-IGNORES_DIM = "normalise over the `dim` argument, not over a fixed axis"
-NOT_NORMALISED = "divide exp(scores) by its sum over the axis, so that every row sums to 1"
-FLIPPED = (
-    "the mask polarity is flipped: True means the query MAY attend to that key "
-    "(the F.scaled_dot_product_attention convention)"
-)
-ZERO_ONE = (
-    "a boolean mask is not a 0/1 bias to add: masked keys need a score of -inf before the "
-    "softmax, e.g. scores.masked_fill(~mask, float('-inf'))"
-)
-MULTIPLIED = (
-    "multiplying the scores by the mask sets masked scores to 0, and exp(0) = 1 is not zero "
-    "weight: set masked scores to -inf instead"
-)
-MASK_AFTER = (
-    "masking the weights after the softmax leaves rows that no longer sum to 1: mask the scores "
-    "before the softmax"
-)
-NOT_EXACT_ZERO = (
-    "masked keys must get exactly zero weight: fill them with -inf, not a large finite "
-    "negative number"
-)
-NAN_EMPTY = (
-    "a row whose keys are all masked gives exp(-inf) / 0 = NaN: return zeros for such rows "
-    "(e.g. torch.where on the row sum, or torch.nan_to_num)"
-)
-UNIFORM_EMPTY = (
-    "a finite fill such as -1e9 makes a fully masked row uniform (1/S each); such a row must be "
-    "all zeros"
-)
-OVERFLOW = (
-    "exp overflows for large scores: subtract each row's maximum before exp (the softmax does "
-    "not change, and exp never sees a number above 0)"
-)
-FLOAT_AS_BOOL = (
-    "a float mask is a bias ADDED to the scores (0 keeps a key, -inf removes it), as in "
-    "F.scaled_dot_product_attention: don't turn it into a boolean mask"
-)
-INVERT_FLOAT = (
-    "`~` only works on a boolean mask; a float mask is a bias to add to the scores "
-    "(check mask.dtype == torch.bool)"
-)
-NO_SCALE = "scale the scores by 1/sqrt(E), with E = query.shape[-1], before the softmax"
-SCALE_E = "the scaling is 1/sqrt(E), not 1/E"
-SCALE_EV = "scale by the query/key width E = query.shape[-1], not the value width"
-SCALE_AFTER = "scale the scores before the softmax, not the weights after it"
-TRANSPOSED_KEY = (
-    "the scores are query @ key.transpose(-2, -1): (..., L, E) @ (..., E, S) -> (..., L, S)"
-)
-MASK_BEFORE_SCALE = (
-    "add a float mask to the scores after dividing them by sqrt(E), as "
-    "F.scaled_dot_product_attention does"
-)
-ACROSS_BATCH = (
-    "the inputs are batch first, (..., L, E): you attended over the batch axis instead of the "
-    "sequence axis (nn.MultiheadAttention's (L, B, E) layout is not used here)"
-)
-ANY_LEADING_DIMS = (
-    "accept any leading dims (none, (B,), (B, h)): use @ or torch.matmul (torch.bmm takes only "
-    "3-D tensors) and transpose with negative axes, key.transpose(-2, -1)"
-)
-BROADCAST = (
-    "the mask must broadcast to the scores, e.g. (L, S) or (1, S) for scores (B, h, L, S): "
-    "masked_fill and torch.where broadcast, boolean indexing does not"
-)
-
-
-# --------------------------------------------------------------------------- input makers
-
-
-# --------------------------------------------------------------------------- mistake models
-
-
-def _softmax_variant(
-    scores,
-    mask,
-    dim=-1,
-    *,
-    polarity=True,
-    mask_as="inf",
-    stable=True,
-    empty="zeros",
-    fill=-1e9,
-    normalise=True,
-):
-    """The masked softmax with one mistake switched on (the defaults give the right answer)."""
-    x = scores  # in the input's dtype, as a student's code would compute it
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            keep = mask if polarity else ~mask
-            if mask_as == "inf":
-                x = x.masked_fill(~keep, NEG_INF)
-            elif mask_as == "finite":
-                x = x.masked_fill(~keep, fill)
-            elif mask_as == "add01":
-                x = x + keep
-            elif mask_as == "multiply":
-                x = x * keep
-        elif mask_as == "float_as_bool":
-            x = x.masked_fill(mask == 0, NEG_INF)
-        elif mask_as == "multiply":
-            x = x * mask
-        else:
-            x = x + mask
-    if stable:
-        row_max = x.amax(dim=dim, keepdim=True)
-        x = x - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    e = torch.exp(x)
-    if not normalise:
-        return e
-    out = e / e.sum(dim=dim, keepdim=True)
-    if empty == "zeros":
-        out = torch.nan_to_num(out, nan=0.0)
-    if mask is not None and mask.dtype == torch.bool and mask_as == "after":
-        out = scores.softmax(dim) * (mask if polarity else ~mask)
-    return out
-
-
-def _softmax_mistakes(scores, mask, dim=-1):
-    """(hint, thunk) pairs for the masked-softmax question, most specific first."""
-    ndim = scores.dim()
-    axis = dim % ndim
-
-    def model(**kw):
-        return functools.partial(_softmax_variant, scores, mask, dim, **kw)
-
-    mistakes = []
-    if axis != ndim - 1:
-        mistakes.append((IGNORES_DIM, functools.partial(_softmax_variant, scores, mask, -1)))
-    for other in range(ndim):
-        if other != axis:
-            mistakes.append((WRONG_AXIS, functools.partial(_softmax_variant, scores, mask, other)))
-    if mask is not None and mask.dtype == torch.bool:
-        mistakes += [
-            (FLIPPED, model(polarity=False)),
-            (FLIPPED, model(polarity=False, empty="nan")),
-            (ZERO_ONE, model(mask_as="add01")),
-            (MULTIPLIED, model(mask_as="multiply")),
-            (MASK_AFTER, model(mask_as="after")),
-            (UNIFORM_EMPTY, model(mask_as="finite")),
-        ]
-    if mask is not None and mask.dtype != torch.bool:
-        mistakes += [
-            (FLOAT_AS_BOOL, model(mask_as="float_as_bool")),
-            (FLOAT_AS_BOOL, model(mask_as="float_as_bool", empty="nan")),
-            (MULTIPLIED, model(mask_as="multiply")),
-        ]
-    mistakes += [
-        (NAN_EMPTY, model(empty="nan")),
-        (OVERFLOW, model(stable=False, empty="nan")),
-        (OVERFLOW, model(stable=False)),
-        (NOT_NORMALISED, model(normalise=False)),
-        (NOT_NORMALISED, model(normalise=False, stable=False)),
-    ]
-    return mistakes
-
-
-def _attention_variant(
-    query,
-    key,
-    value,
-    mask=None,
-    *,
-    scale="sqrt_e",
-    axis=-1,
-    after=False,
-    transposed=False,
-    mask_first=False,
-    across_batch=False,
-    **softmax_kw,
-):
-    """Scaled dot-product attention with one mistake switched on; returns (output, weights)."""
-    if across_batch:
-        out, w = _attention_variant(
-            query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), mask
-        )
-        return out.transpose(0, 1), w.transpose(0, 1)
-    q, k, v = query, key, value
-    E, Ev = q.shape[-1], v.shape[-1]
-    factor = {"sqrt_e": math.sqrt(E), "none": 1.0, "e": float(E), "sqrt_ev": math.sqrt(Ev)}[scale]
-    scores = q @ (k if transposed else k.transpose(-2, -1))  # (..., L, S)
-    if mask is not None and mask.dtype != torch.bool and mask_first:
-        scores, mask = scores + mask, None
-    if not after:
-        scores = scores / factor
-    weights = _softmax_variant(scores, mask, axis, **softmax_kw)
-    if after:
-        weights = weights / factor
-    return weights @ v, weights
-
-
-def _attention_mistakes(query, key, value, mask=None):
-    """(hint, thunk) pairs for the attention question, most specific first."""
-
-    def model(**kw):
-        return functools.cache(functools.partial(_attention_variant, query, key, value, mask, **kw))
-
-    mistakes = [
-        (NO_SCALE, model(scale="none")),
-        (SCALE_E, model(scale="e")),
-        (SCALE_EV, model(scale="sqrt_ev")),
-        (SCALE_AFTER, model(after=True)),
-        (WRONG_AXIS, model(axis=-2)),
-        (TRANSPOSED_KEY, model(transposed=True)),
-    ]
-    if query.dim() >= 3:
-        mistakes.append((ACROSS_BATCH, model(across_batch=True)))
-    if mask is not None and mask.dtype == torch.bool:
-        mistakes += [
-            (FLIPPED, model(polarity=False)),
-            (FLIPPED, model(polarity=False, empty="nan")),
-            (ZERO_ONE, model(mask_as="add01")),
-            (MULTIPLIED, model(mask_as="multiply")),
-            (MASK_AFTER, model(mask_as="after")),
-            (UNIFORM_EMPTY, model(mask_as="finite")),
-        ]
-    if mask is not None and mask.dtype != torch.bool:
-        mistakes += [
-            (MASK_BEFORE_SCALE, model(mask_first=True)),
-            (FLOAT_AS_BOOL, model(mask_as="float_as_bool")),
-            (FLOAT_AS_BOOL, model(mask_as="float_as_bool", empty="nan")),
-        ]
-    mistakes += [
-        (NAN_EMPTY, model(empty="nan")),
-        (OVERFLOW, model(stable=False, empty="nan")),
-        (OVERFLOW, model(stable=False)),
-    ]
-    return mistakes
 
 
 # --------------------------------------------------------------------------- ch03.masked_softmax
@@ -267,7 +44,7 @@ def _attention_mistakes(query, key, value, mask=None):
 def _judge_softmax(case, *, nan_hint: str = "", exact_zero: bool = False):
     scores, mask, dim = (list(case.args) + [None, -1])[:3]
     weights = case.output
-    mistakes = _softmax_mistakes(scores, mask, dim)
+    mistakes = softmax_mistakes(scores, mask, dim)
     expect_close(weights, case.expected, "weights", mistakes=mistakes, nan_hint=nan_hint)
     if exact_zero and mask is not None:
         keep = mask if mask.dtype == torch.bool else torch.isfinite(mask)
@@ -423,7 +200,7 @@ def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
     expect_sequence(case.output, 2, "(output, weights)")
     output, weights = case.output
     expected_output, expected_weights = case.expected
-    mistakes = _attention_mistakes(query, key, value, mask)
+    mistakes = attention_mistakes(query, key, value, mask)
     # the output first: a wrong-shaped weights tensor (e.g. attention over the batch) still
     # leaves an output whose values a mistake model can name
     expect_close(
