@@ -15,5 +15,7 @@ positions and causal masks; chapter 4). Everything is re-exported here.
 """
 
 from .core import *  # noqa: F403
+from .efficient import *  # noqa: F403
+from .masks import *  # noqa: F403
 from .multihead import *  # noqa: F403
 from .scoring import *  # noqa: F403
