@@ -506,3 +506,21 @@ def test_multihead_partial_credit_without_masks():
     failed = {t.name for t in result.tests if not t.passed}
     assert failed and all("mask" in name for name in failed), result.report()
     assert any(ch04.MHA_SIGNATURE in t.message for t in result.tests if not t.passed)
+
+
+def test_multihead_extra_buffer_and_no_grad():
+    """An extra buffer of the layer's own is allowed (the contract names only the four
+    projections); a layer that computes under torch.no_grad() trains nothing and loses points."""
+
+    class WithBuffer(PackageMultiHeadAttention):
+        def __init__(self, embed_dim, num_heads, bias=True):
+            super().__init__(embed_dim, num_heads, bias=bias)
+            self.register_buffer("calls", torch.zeros(()))
+
+    class NoGrad(PackageMultiHeadAttention):
+        def forward(self, *args, **kwargs):
+            with torch.no_grad():
+                return super().forward(*args, **kwargs)
+
+    assert_full_marks("ch04.MultiHeadAttention", WithBuffer)
+    assert_caught("ch04.MultiHeadAttention", NoGrad, "no gradient reaches")

@@ -25,9 +25,17 @@ from attention_course.attention.multihead import (
 )
 from attention_course.attention.multihead import split_heads as reference_split_heads
 
-from ..core import Question, Test, call_args
+from ..core import Question, Test, _cotangent, _float_tensors, call_args
+from ..hints import NO_GRAD_TO
 from ..inputs import randn as _randn
-from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+from ..judges import (
+    Fail,
+    expect_close,
+    expect_grads,
+    expect_sequence,
+    expect_tensor,
+    expect_unchanged,
+)
 
 # Hints, one per plausible mistake (tests/test_grader_ch04.py checks each is named when made).
 SIN_COS_SWAPPED = "sines go on the EVEN features (0, 2, 4, ...) and cosines on the odd ones"
@@ -466,27 +474,70 @@ class TorchMultiheadReference(nn.Module):
         )
 
 
-def run_multihead(answer, inputs):
-    """Build ``answer(embed_dim, num_heads[, bias=False])``, load the weights, call it.
-
-    Masks and ``average_attn_weights`` are passed only when a case uses them, so a first
-    version without masks can already earn the tests that need none.
-    """
+def _build_multihead(answer, inputs):
+    """``answer(embed_dim, num_heads[, bias=False])`` with the case's weights loaded. Extra
+    buffers or parameters of the answer's own are allowed; the four projections must load."""
     extra = {} if inputs["bias"] else {"bias": False}
     layer = answer(inputs["embed_dim"], inputs["num_heads"], **extra)
-    layer.load_state_dict(inputs["state"])
+    loaded = layer.load_state_dict(inputs["state"], strict=False)
+    unexpected = list(getattr(loaded, "unexpected_keys", []) or [])
+    if unexpected:  # a projection the layer does not have under the contract's name
+        raise KeyError(f"Unexpected key(s) in state_dict: {sorted(unexpected)}")
     layer.eval()
+    return layer
+
+
+def _multihead_kwargs(inputs) -> dict:
     kwargs = {}
     for name in ("attn_mask", "key_padding_mask"):
         if inputs[name] is not None:
             kwargs[name] = inputs[name]
     if not inputs["average"]:
         kwargs["average_attn_weights"] = False
+    return kwargs
+
+
+def run_multihead(answer, inputs):
+    """Build ``answer(embed_dim, num_heads[, bias=False])``, load the weights, call it.
+
+    Masks and ``average_attn_weights`` are passed only when a case uses them, so a first
+    version without masks can already earn the tests that need none.
+    """
+    layer = _build_multihead(answer, inputs)
     with torch.no_grad():
-        output = layer(inputs["query"], inputs["key"], inputs["value"], **kwargs)
+        output = layer(inputs["query"], inputs["key"], inputs["value"], **_multihead_kwargs(inputs))
     if isinstance(output, tuple | list):
         return tuple(output)
     return output
+
+
+def run_multihead_grad(answer, inputs):
+    """Gradient flow through the layer: back-propagate a fixed direction from (output, weights)
+    to the inputs (compared with the reference) and to every parameter (must exist)."""
+    layer = _build_multihead(answer, inputs)
+    leaves = {n: inputs[n].detach().clone().requires_grad_(True) for n in ("query", "key", "value")}
+    output = layer(leaves["query"], leaves["key"], leaves["value"], **_multihead_kwargs(inputs))
+    outs = [t for t in _float_tensors(output, []) if t.requires_grad]
+    params = dict(layer.named_parameters(remove_duplicate=False))
+    wanted = [n for n in inputs["state"] if n in params]
+    grads = {name: None for name in leaves}
+    reached = {name: False for name in inputs["state"]}
+    if outs:
+        cots = [_cotangent(t, i) for i, t in enumerate(outs)]
+        found = torch.autograd.grad(
+            outs, [*leaves.values(), *(params[n] for n in wanted)], cots, allow_unused=True
+        )
+        grads = dict(zip(leaves, found[: len(leaves)]))
+        reached.update({n: g is not None for n, g in zip(wanted, found[len(leaves) :])})
+    return {"output": output, "connected": bool(outs), "grads": grads, "params": reached}
+
+
+def _judge_mha_grads(case):
+    expect_grads(case, ("query", "key", "value"))
+    params = case.output.get("params")
+    for name in case.inputs["state"]:
+        if not isinstance(params, dict) or params.get(name) is not True:
+            raise Fail(NO_GRAD_TO.format(name=name))
 
 
 def _mha_case(g, B, L, S, E, h, *, bias=True, self_attention=False, attn_mask=None,
@@ -780,6 +831,8 @@ MULTI_HEAD_ATTENTION = Question(
              _mha_padding_inputs, _judge_mha_masked_zero),
         Test("bias=False: projections without bias", _mha_bias_inputs, _judge_mha),
         Test("does not change its inputs", _mha_self_inputs, _judge_mha_unchanged),
+        Test("gradients reach the inputs and all four projections", _mha_cross_inputs,
+             _judge_mha_grads, run=run_multihead_grad),
     ),
 )  # fmt: skip
 
