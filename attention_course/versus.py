@@ -50,7 +50,9 @@ __all__ = [
     "ConcatenationCheck",
     "DependencyResult",
     "DepthMismatch",
+    "ModalityResult",
     "MultiHeadAdditiveAttention",
+    "PatchReader",
     "OneLayerTagger",
     "PrefixLMCheck",
     "ScoredSelfAttention",
@@ -63,7 +65,9 @@ __all__ = [
     "depth_mismatch",
     "earlier_occurrence_labels",
     "record_attention_calls",
+    "text_over_image_patches",
     "transformer_census",
+    "two_digit_images",
     "within_sequence_dependency",
 ]
 
@@ -511,6 +515,8 @@ class DependencyResult:
     cross_accuracy: float  # the same, cross-attention from position queries (2 heads)
     position_baseline: float  # best accuracy from the position alone (per-position majority)
     scorer_accuracy: dict[str, float]  # one-head self-attention with each of chapter 3's scorers
+    self_match_mass: float  # mean weight a query puts on EARLIER copies of its own token
+    cross_match_mass: float  # the same for the cross-attention rows (same positions)
     tokens: Tensor  # (L,) one held-out sequence, for the figure
     self_weights: Tensor  # (L, L) its self-attention weights (mean over heads)
     cross_weights: Tensor  # (L, L) its cross-attention weights
@@ -573,13 +579,22 @@ def within_sequence_dependency(
         scorer_accuracy[name] = accuracy(_fit_tagger(model, vocab_size, length, seed, steps))
     rate = labels.float().mean(dim=0)  # (L,) share of 1s at each position
     with torch.no_grad():
-        _, self_w = trained["self"](test[:1])
-        _, cross_w = trained["cross"](test[:1])
+        _, self_w = trained["self"](test)  # (N, L, L)
+        _, cross_w = trained["cross"](test)  # (N, L, L)
+    same = test[:, :, None] == test[:, None, :]  # (N, L, L): token i == token j
+    earlier_copy = same & torch.ones(length, length, dtype=torch.bool).tril(-1)  # (N, L, L)
+    has_copy = labels.bool()  # (N, L): rows with an earlier copy of their token
+
+    def match_mass(weights):
+        return (weights * earlier_copy).sum(-1)[has_copy].mean().item()
+
     return DependencyResult(
         self_accuracy=accuracy(trained["self"]),
         cross_accuracy=accuracy(trained["cross"]),
         position_baseline=torch.maximum(rate, 1 - rate).mean().item(),
         scorer_accuracy=scorer_accuracy,
+        self_match_mass=match_mass(self_w),
+        cross_match_mass=match_mass(cross_w),
         tokens=test[0],
         self_weights=self_w[0],
         cross_weights=cross_w[0],
@@ -639,3 +654,112 @@ class MultiHeadAdditiveAttention(nn.Module):
         values = split_heads(self.value_proj(keys), h)  # (B, S, K) -> (B, h, S, K/h)
         context = (weights.unsqueeze(-1) * values).sum(dim=2)  # (B, h, K/h)
         return self.out_proj(context.reshape(B, K)), weights  # (B, h*K/h) = (B, K)
+
+
+# --------------------------------------------------------------------------- across modalities
+
+
+def two_digit_images(
+    images: Tensor, labels: Tensor, count: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``count`` random pairs of 8x8 digits side by side: images (count, 1, 8, 16), labels
+    (count, 2) = (left digit, right digit)."""
+    pick = torch.randint(0, len(images), (count, 2), generator=generator)  # (N, 2)
+    pairs = torch.cat([images[pick[:, 0]], images[pick[:, 1]]], dim=-1)  # (N, 1, 8, 16)
+    return pairs, labels[pick]  # (N, 1, 8, 16), (N, 2)
+
+
+class PatchReader(nn.Module):
+    """A question token ("left" = 0 or "right" = 1) reads the digit on that side of an image.
+
+    The image is cut into 4x4 patches (8 for 8x16), each embedded linearly plus a learned
+    position. ``kind="cross"``: the question attends over the patches (cross-attention: text
+    queries, image keys). ``kind="concat"``: the question token and the patches form ONE sequence
+    and a self-attention layer runs over it; the answer is read at the question's row.
+    """
+
+    def __init__(self, kind: str, embed_dim: int = 32, num_heads: int = 2, patch: int = 4):
+        super().__init__()
+        if kind not in ("cross", "concat"):
+            raise ValueError(f"kind must be 'cross' or 'concat', got {kind!r}")
+        self.kind, self.patch = kind, patch
+        self.patch_embed = nn.Linear(patch * patch, embed_dim)
+        self.position = nn.Parameter(0.5 * torch.randn(8, embed_dim))  # 8 patches of an 8x16
+        self.question = nn.Embedding(2, embed_dim)  # the two words "left" and "right"
+        self.attention = MultiHeadAttention(embed_dim, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, images: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
+        """images (B, 1, 8, 16), side (B,) -> digit logits (B, 10), weights on patches (B, 8)."""
+        cut = F.unfold(images, self.patch, stride=self.patch)  # (B, p*p, 8): one column a patch
+        patches = self.patch_embed(cut.transpose(1, 2)) + self.position  # (B, 8, E)
+        q = self.question(side)[:, None]  # (B, 1, E)
+        if self.kind == "cross":
+            context, weights = self.attention(q, patches, patches)  # (B, 1, E), (B, 1, 8)
+            return self.mlp(q[:, 0] + context[:, 0]), weights[:, 0]
+        both = torch.cat([q, patches], dim=1)  # (B, 9, E): one sequence, two modalities
+        context, weights = self.attention(both, both, both)  # (B, 9, E), (B, 9, 9)
+        return self.mlp(both[:, 0] + context[:, 0]), weights[:, 0, 1:]  # the question's row
+
+
+@dataclass
+class ModalityResult:
+    """Text queries over image patches: cross-attention vs self-attention over the concatenation."""
+
+    cross_accuracy: float  # held-out accuracy of the cross-attention reader
+    concat_accuracy: float  # of the self-attention reader over [question; patches]
+    cross_side_mass: float  # mean weight the question puts on the patches of the side asked
+    concat_side_mass: float  # the same for the concatenated reader (its weight on the patches
+    # only, renormalised: the question's row also attends to itself)
+    image: Tensor  # (8, 16) one held-out pair, for the figure
+    cross_weights: Tensor  # (2, 8) its weights when asked "left" (row 0) and "right" (row 1)
+
+
+def text_over_image_patches(
+    seed: int = 0, steps: int = 300, batch_size: int = 64
+) -> ModalityResult:
+    """Train both readers on scikit-learn's digits (held-out digits for the test pairs)."""
+    from .vision import load_digits
+
+    digits = load_digits(seed=0)
+    test_gen = torch.Generator().manual_seed(20_000 + seed)
+    test_images, test_labels = two_digit_images(digits.x_test, digits.y_test, 1000, test_gen)
+    test_side = torch.randint(0, 2, (1000,), generator=test_gen)  # (N,) 0 = left, 1 = right
+    rows = torch.arange(1000)
+    results = {}
+    for kind in ("cross", "concat"):
+        seed_everything(seed)
+        model = PatchReader(kind)
+        gen = torch.Generator().manual_seed(seed + 1000)
+
+        def batches(gen=gen):
+            while True:
+                images, labels = two_digit_images(digits.x_train, digits.y_train, batch_size, gen)
+                side = torch.randint(0, 2, (batch_size,), generator=gen)  # (B,)
+                yield images, side, labels[torch.arange(batch_size), side]
+
+        def loss_fn(model, batch):
+            images, side, target = batch
+            return F.cross_entropy(model(images, side)[0], target)
+
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-2, total_steps=steps)
+        train(model, batches(), loss_fn, steps, optimizer, scheduler=schedule, progress=False)
+        with torch.no_grad():
+            logits, weights = model(test_images, test_side)  # (N, 10), (N, 8)
+        weights = weights / weights.sum(-1, keepdim=True)  # on the patches only
+        on_left = weights[:, [0, 1, 4, 5]].sum(-1)  # patches 0,1 (top) and 4,5 (bottom): left
+        side_mass = torch.where(test_side == 0, on_left, 1 - on_left).mean().item()
+        accuracy = (logits.argmax(-1) == test_labels[rows, test_side]).float().mean().item()
+        results[kind] = (model, accuracy, side_mass)
+    with torch.no_grad():
+        example = test_images[:1].expand(2, -1, -1, -1)  # (2, 1, 8, 16): ask both questions
+        _, example_weights = results["cross"][0](example, torch.tensor([0, 1]))  # (2, 8)
+    return ModalityResult(
+        cross_accuracy=results["cross"][1],
+        concat_accuracy=results["concat"][1],
+        cross_side_mass=results["cross"][2],
+        concat_side_mass=results["concat"][2],
+        image=test_images[0, 0],
+        cross_weights=example_weights,
+    )
