@@ -33,8 +33,11 @@ padding mask (B, S) is True on REAL tokens.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,18 +50,40 @@ from .attention.multihead import (
     sinusoidal_positions,
     split_heads,
 )
+from .bahdanau import BahdanauDecoder, TrainedDateModel
+from .data import DateTask
+from .seq2seq import (
+    CopyRecipe,
+    LengthCurve,
+    TrainedCopyModel,
+    build_model,
+    evaluate_by_length,
+    train_seq2seq,
+)
+from .utils import count_parameters, seed_everything
 
 __all__ = [
+    "COPY_CONFIG",
+    "COPY_PEAK_LR",
+    "DATE_CONFIG",
+    "DATE_PEAK_LR",
     "AttentionMaps",
+    "CopyRace",
     "DecoderLayer",
     "DecoderOnly",
     "EncoderLayer",
     "FeedForward",
     "LayerCache",
+    "NormPlacementGradients",
     "Transformer",
     "TransformerConfig",
     "cached_attention",
+    "copy_batches",
+    "gradient_norms_at_init",
     "lower_right_causal_mask",
+    "race_on_copy",
+    "train_copy_transformer",
+    "train_date_transformer",
 ]
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -452,6 +477,11 @@ class _Embed(nn.Module):
         super().__init__()
         self.scale = math.sqrt(config.embed_dim)
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, config.pad_id)
+        # std E^-1/2, so that sqrt(E) * embedding has unit entries, the size of the positions'
+        # sines (PyTorch's default N(0, 1) times sqrt(E) would drown the positions).
+        nn.init.normal_(self.embedding.weight, std=config.embed_dim**-0.5)
+        with torch.no_grad():
+            self.embedding.weight[config.pad_id].zero_()
         self.use_positions = config.positions == "sinusoidal"
         if config.positions not in ("sinusoidal", "none"):
             raise ValueError("positions must be 'sinusoidal' or 'none'")
@@ -661,3 +691,262 @@ class DecoderOnly(nn.Module):
                 break
         self.train(was_training)
         return torch.stack(tokens, dim=1), None
+
+
+# --------------------------------------------------------------------------- training recipes
+
+COPY_CONFIG = dict(embed_dim=32, num_heads=4, ff_dim=64, num_encoder_layers=2, num_decoder_layers=2)
+COPY_PEAK_LR = 5e-3
+
+
+def copy_batches(recipe: CopyRecipe, seed: int):
+    """The exact stream of training batches ``seq2seq.train_copy_model`` uses for ``seed``."""
+    return recipe.task().curriculum(
+        recipe.steps,
+        batch_size=recipe.batch_size,
+        min_length=recipe.min_length,
+        max_length=recipe.max_length,
+        start_max_length=recipe.start_max_length,
+        ramp_fraction=recipe.ramp_fraction,
+        seed=np.random.default_rng([seed, 1]),  # as in train_copy_model
+    )
+
+
+def train_copy_transformer(
+    seed: int = 0,
+    recipe: CopyRecipe | None = None,
+    decoder_only: bool = False,
+    peak_lr: float = COPY_PEAK_LR,
+    progress: bool = True,
+    **config_overrides,
+) -> TrainedCopyModel:
+    """Train a :class:`Transformer` (or a :class:`DecoderOnly`) on chapter 1-2's copy task.
+
+    The same task, batches (for the same seed) and number of steps as ``seq2seq.train_copy_model``
+    with ``recipe`` (default ``CopyRecipe()``: 500 steps of 64 sequences, lengths 3-40 with a
+    curriculum), through the same ``seq2seq.train_seq2seq``; only the model and its peak learning
+    rate differ. ``config_overrides`` change :class:`TransformerConfig` fields (default: the
+    chapter's small model, :data:`COPY_CONFIG`).
+    """
+    recipe = recipe or CopyRecipe()
+    V = len(recipe.task().vocab)
+    config = TransformerConfig(vocab_size=V, **{**COPY_CONFIG, **config_overrides})
+    seed_everything(seed)
+    model = DecoderOnly(config) if decoder_only else Transformer(config)
+    history = train_seq2seq(
+        model,
+        copy_batches(recipe, seed),
+        recipe.steps,
+        peak_lr=peak_lr,
+        clip_norm=recipe.clip_norm,
+        progress=progress,
+        desc=f"{type(model).__name__} seed {seed}",
+    )
+    model.eval()
+    return TrainedCopyModel(model, recipe.task(), history, recipe, seed)
+
+
+# --------------------------------------------------------------------------- pre-LN vs post-LN
+
+
+@dataclass
+class NormPlacementGradients:
+    """Per-layer gradient norms at initialisation of a post-norm and a pre-norm stack."""
+
+    post_norm: list[float]  # ||dL/dW_2|| of the feed-forward output weight, layer 1..N (post-LN)
+    pre_norm: list[float]  # the same for the pre-LN stack with the same seed and data
+
+    @property
+    def post_ratio(self) -> float:
+        """Last layer's gradient norm over the first layer's, post-norm."""
+        return self.post_norm[-1] / self.post_norm[0]
+
+    @property
+    def pre_ratio(self) -> float:
+        """Last layer's gradient norm over the first layer's, pre-norm."""
+        return self.pre_norm[-1] / self.pre_norm[0]
+
+
+def gradient_norms_at_init(
+    seed: int = 0,
+    num_layers: int = 12,
+    embed_dim: int = 64,
+    num_heads: int = 4,
+    ff_dim: int = 256,
+    vocab_size: int = 32,
+    batch_size: int = 16,
+    length: int = 24,
+) -> NormPlacementGradients:
+    """Xiong et al. (2020), Fig. 3 in miniature: gradients at initialisation, no training.
+
+    Builds a stack of ``num_layers`` :class:`EncoderLayer` s twice from the same seed, post-norm and
+    pre-norm (the pre-norm stack ends in a final LayerNorm, as in Xiong et al.), puts a linear
+    read-out to ``vocab_size`` classes on top, and back-propagates the cross-entropy of random
+    targets for random inputs (B, L, E) with unit-variance entries. Returns the norm of the
+    gradient of each layer's feed-forward output weight W_2 (the quantity of the paper's figure).
+    """
+    norms = {}
+    for norm_first in (False, True):
+        seed_everything(seed)
+        layers = nn.ModuleList(
+            EncoderLayer(embed_dim, num_heads, ff_dim, norm_first=norm_first)
+            for _ in range(num_layers)
+        )
+        for p in layers.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)  # nn.Transformer's initialisation (and Xiong et al.'s)
+        final = nn.LayerNorm(embed_dim) if norm_first else nn.Identity()
+        readout = nn.Linear(embed_dim, vocab_size)
+        g = torch.Generator().manual_seed(seed + 1)
+        x = torch.randn(batch_size, length, embed_dim, generator=g)  # (B, L, E)
+        targets = torch.randint(0, vocab_size, (batch_size, length), generator=g)  # (B, L)
+        for layer in layers:
+            x = layer(x)
+        logits = readout(final(x))  # (B, L, E) -> (B, L, V)
+        F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+        norms[norm_first] = [
+            layer.feed_forward.linear2.weight.grad.norm().item() for layer in layers
+        ]
+    return NormPlacementGradients(post_norm=norms[False], pre_norm=norms[True])
+
+
+# --------------------------------------------------------------------------- against chapter 2
+
+
+class _Clock:
+    """Wraps a batch stream and records cumulative CPU and wall seconds at each batch drawn."""
+
+    def __init__(self, batches):
+        self.batches = iter(batches)
+        self.cpu: list[float] = []  # CPU seconds since the first batch, at each later batch
+        self.wall: list[float] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.batches)
+        now_cpu, now_wall = time.process_time(), time.perf_counter()
+        if not self.cpu:
+            self._cpu0, self._wall0 = now_cpu, now_wall
+        self.cpu.append(now_cpu - self._cpu0)
+        self.wall.append(now_wall - self._wall0)
+        return batch
+
+
+@dataclass
+class CopyRace:
+    """Chapter 2's Bahdanau model and a Transformer, same copy batches, steps and test strings."""
+
+    bahdanau: TrainedCopyModel
+    transformer: TrainedCopyModel
+    bahdanau_curve: LengthCurve  # greedy decoding accuracy by length (same test sequences)
+    transformer_curve: LengthCurve
+    bahdanau_params: int
+    transformer_params: int
+    bahdanau_cpu: list[float]  # cumulative CPU seconds at the start of each training step
+    transformer_cpu: list[float]
+    bahdanau_wall: list[float]  # the same in wall-clock seconds
+    transformer_wall: list[float]
+    threshold: float  # training token accuracy (20-step running mean) both must reach
+
+    def steps_to_threshold(self, model: str) -> int | None:
+        """First step at which the 20-step running mean of training accuracy >= threshold."""
+        history = getattr(self, model).history
+        acc = np.asarray(history.metrics["accuracy"])
+        mean = np.convolve(acc, np.ones(20) / 20, mode="valid")  # mean of steps i..i+19
+        hits = np.flatnonzero(mean >= self.threshold)
+        return None if len(hits) == 0 else int(hits[0]) + 19
+
+    def seconds_to_threshold(self, model: str, clock: str = "cpu") -> float | None:
+        """CPU (or wall) seconds of training until ``steps_to_threshold``."""
+        step = self.steps_to_threshold(model)
+        return None if step is None else getattr(self, f"{model}_{clock}")[step]
+
+    def time_ratio(self, clock: str = "cpu") -> float:
+        """Bahdanau's seconds to the threshold over the Transformer's (> 1: Transformer faster)."""
+        return self.seconds_to_threshold("bahdanau", clock) / self.seconds_to_threshold(
+            "transformer", clock
+        )
+
+
+def race_on_copy(
+    seed: int = 0,
+    lengths: Sequence[int] = (5, 10, 20, 30, 40, 45, 50),
+    n: int = 256,
+    threshold: float = 0.95,
+    progress: bool = True,
+) -> CopyRace:
+    """Train chapter 2's Bahdanau model and the chapter's Transformer on the same copy batches.
+
+    Both follow ``seq2seq.CopyRecipe()`` (500 steps, the same seeded batch stream) through
+    ``train_seq2seq``, each at its own peak learning rate; both are evaluated by
+    ``evaluate_by_length`` on the same test sequences. The batch stream is timed, so the race
+    to a training accuracy of ``threshold`` is measured within the one run.
+    """
+    recipe = CopyRecipe()
+    runs, clocks = {}, {}
+    for name in ("bahdanau", "transformer"):
+        clock = _Clock(copy_batches(recipe, seed))
+        if name == "bahdanau":
+            model = build_model(recipe.config(), BahdanauDecoder, seed=seed)
+            lr = recipe.peak_lr
+        else:
+            seed_everything(seed)
+            model = Transformer(TransformerConfig(len(recipe.task().vocab), **COPY_CONFIG))
+            lr = COPY_PEAK_LR
+        history = train_seq2seq(
+            model, clock, recipe.steps, peak_lr=lr, clip_norm=recipe.clip_norm,
+            progress=progress, desc=f"{name} seed {seed}",
+        )  # fmt: skip
+        model.eval()
+        runs[name], clocks[name] = (
+            TrainedCopyModel(model, recipe.task(), history, recipe, seed),
+            clock,
+        )
+    task = recipe.task()
+    return CopyRace(
+        bahdanau=runs["bahdanau"],
+        transformer=runs["transformer"],
+        bahdanau_curve=evaluate_by_length(runs["bahdanau"].model, task, lengths, n=n),
+        transformer_curve=evaluate_by_length(runs["transformer"].model, task, lengths, n=n),
+        bahdanau_params=count_parameters(runs["bahdanau"].model),
+        transformer_params=count_parameters(runs["transformer"].model),
+        bahdanau_cpu=clocks["bahdanau"].cpu,
+        transformer_cpu=clocks["transformer"].cpu,
+        bahdanau_wall=clocks["bahdanau"].wall,
+        transformer_wall=clocks["transformer"].wall,
+        threshold=threshold,
+    )
+
+
+DATE_CONFIG = dict(embed_dim=32, num_heads=4, ff_dim=64, num_encoder_layers=2, num_decoder_layers=2)
+DATE_PEAK_LR = 5e-3
+
+
+def train_date_transformer(
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 64,
+    peak_lr: float = DATE_PEAK_LR,
+    task: DateTask | None = None,
+    progress: bool = True,
+    **config_overrides,
+) -> TrainedDateModel:
+    """A Transformer on date normalisation with ``bahdanau.train_date_model``'s data and steps.
+
+    Same task (``DateTask(seed=0)`` by default), the same seeded batch stream for ``seed``, the
+    same ``train_seq2seq``; evaluate with ``bahdanau.date_exact_match``.
+    """
+    task = task if task is not None else DateTask(seed=0)
+    config = TransformerConfig(
+        len(task.src_vocab), len(task.tgt_vocab), **{**DATE_CONFIG, **config_overrides}
+    )
+    seed_everything(seed)
+    model = Transformer(config)
+    batches = task.batches(batch_size, seed=np.random.default_rng([seed, 2]))  # as chapter 2
+    history = train_seq2seq(
+        model, batches, steps, peak_lr=peak_lr, progress=progress, desc="dates, Transformer"
+    )
+    model.eval()
+    return TrainedDateModel(model, task, history, seed)
