@@ -1,7 +1,7 @@
 """Batch-grade submitted notebooks.
 
-    python -m attention_course.grading SUBMISSION.ipynb... --out DIR
-    python -m attention_course.grading submissions/ --out DIR --questions ch03 --jobs 2
+    python -m attention_course.grading SUBMISSION.ipynb... --questions ch03 --out DIR
+    python -m attention_course.grading submissions/ --out DIR --manifest hw3.json --jobs 2
     python -m attention_course.grading --list
 
 Writes DIR/<submission>/results.json (Gradescope's format), DIR/<submission>/log.txt (what the
@@ -27,7 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--questions",
         nargs="+",
-        help="question ids or chapter prefixes (e.g. ch03); default: those the notebook checks",
+        help="question ids or chapter prefixes (e.g. ch03): the question set and its maxima",
+    )
+    parser.add_argument(
+        "--manifest", help='assignment manifest, JSON {"questions": [ids or prefixes]}'
+    )
+    parser.add_argument(
+        "--sandbox",
+        choices=("auto", "bwrap", "none"),
+        default="auto",
+        help="bwrap: require bubblewrap; none: rlimits only; auto (default): bwrap if it works",
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=1536, help="memory limit of one child (1536 MiB)"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the test inputs (1)")
     parser.add_argument(
@@ -51,17 +63,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one notebook or folder")
 
     from .batch import grade_submissions
+    from .sandbox import Limits
 
     start = time.perf_counter()
-    subs = grade_submissions(
-        args.submissions,
-        args.out,
-        questions=args.questions,
-        seed=args.seed,
-        time_limit=args.timeout,
-        cell_timeout=args.cell_timeout,
-        jobs=args.jobs,
-    )
+    try:
+        subs = grade_submissions(
+            args.submissions,
+            args.out,
+            questions=args.questions,
+            manifest=args.manifest,
+            seed=args.seed,
+            time_limit=args.timeout,
+            cell_timeout=args.cell_timeout,
+            jobs=args.jobs,
+            limits=Limits(memory_mb=args.memory_mb),
+            sandbox=args.sandbox,
+        )
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - start
     print(f"graded {len(subs)} submission(s) in {seconds:.1f} s; wrote {args.out}/gradebook.csv")
     return 0

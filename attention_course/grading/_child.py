@@ -1,21 +1,21 @@
 """The child process of batch grading: runs ONE student's notebook and calls their answers.
 
-    python -m attention_course.grading._child WORKDIR
+    python -m attention_course.grading._child JOB SCRATCH
 
-Reads ``WORKDIR/job.pt`` (the notebook's code cells and, per question, the answer's name, the
-``run`` function's import path and the encoded input cases), executes the code cells in an
-IPython shell (each cell under a time limit; a failing cell does not stop the next), then calls
-every answer on every case and writes ``WORKDIR/answers_<i>.pt`` (plain data: outcomes with
-encoded outputs) after each question, and ``WORKDIR/notebook.json`` (cell errors).
+(started by ``batch`` inside the sandbox, through a bootstrap that first sets the resource
+limits and puts the parent's own copy of the package first on ``sys.path``). Reads ``JOB`` (wire
+format, see ``_codec.pack``: the notebook's code cells and, per question, the answer's name, the
+import paths of the tests' ``run`` functions and the encoded input cases), executes the code
+cells in an IPython shell (each under a friendly SIGALRM limit; the hard limits are enforced
+from outside by the parent), then calls every answer on every case and writes
+``SCRATCH/answers_<i>.bin`` after each question and ``SCRATCH/report.bin`` (cell errors).
 
-Nothing here judges anything: the parent never trusts this process beyond the plain data it
-writes, which it reads with ``torch.load(weights_only=True)``.
+Nothing here judges anything: the parent treats every byte this process writes as hostile.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import _codec
 from .core import (
     IN_BATCH_CHILD,
     TimeLimitExceeded,
@@ -72,16 +73,21 @@ def _run_cells(cells: list[str], cell_timeout: float, deadline: float) -> tuple[
     return shell.user_ns, errors
 
 
-def main(workdir: str) -> int:
+def _write(path: Path, value) -> None:
+    path.write_bytes(_codec.pack(value))
+
+
+def main(job_path: str, scratch: str) -> int:
     os.environ[IN_BATCH_CHILD] = "1"
     torch.set_num_threads(1)
-    work = Path(workdir)
-    job = torch.load(work / "job.pt", weights_only=True)
-    runs = [_resolve(q["run"]) for q in job["questions"]]  # before any student code runs
+    work = Path(scratch)
+    job = _codec.unpack(Path(job_path).read_bytes())
+    # before any student code runs: the tests' run functions, from the parent's own package
+    runs = [[_resolve(path) for path in q["runs"]] for q in job["questions"]]
     deadline = time.monotonic() + float(job["time_limit"])
     namespace, errors = _run_cells(job["cells"], float(job["cell_timeout"]), deadline)
     report = {"cell_errors": errors, "cells": len(job["cells"]), "answers": {}}
-    (work / "notebook.json").write_text(json.dumps(report))
+    _write(work / "report.bin", report)
     for index, (question, run) in enumerate(zip(job["questions"], runs)):
         answer = namespace.get(question["answer"])
         if question["answer"] not in namespace:
@@ -101,11 +107,11 @@ def main(workdir: str) -> int:
                 [outcome.to_plain() for outcome in row]
                 for row in run_question(run, answer, question["cases"], float(question["timeout"]))
             ]
-        torch.save(outcomes, work / f"answers_{index}.pt")
-        (work / "notebook.json").write_text(json.dumps(report))
+        _write(work / f"answers_{index}.bin", outcomes)
+        _write(work / "report.bin", report)
     return 0
 
 
 if __name__ == "__main__":
     sys.stdout.reconfigure(line_buffering=True)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2]))
