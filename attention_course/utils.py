@@ -60,7 +60,7 @@ def get_device(prefer_gpu: bool = True) -> torch.device:
     return torch.device("cpu")
 
 
-#: Set to "1" by the test run (conftest.py) and the book build (tools/book_build_env.py, loaded
+#: Set to "1" by the test run (conftest.py) and the book build (tools/book_extension.py, loaded
 #: from _config.yml) before any kernel starts; kernels inherit it, and ``progress`` stays silent.
 QUIET_PROGRESS_ENV = "ATTENTION_COURSE_QUIET_PROGRESS"
 
@@ -75,7 +75,7 @@ def quiet_progress() -> bool:
     return os.environ.get(QUIET_PROGRESS_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
-def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm_auto[T]:
+def progress(iterable: Iterable[T], **kwargs: Any) -> tqdm_auto[T]:
     """``tqdm.auto.tqdm(iterable, **kwargs)`` when someone watches; silent when unattended.
 
     Use it instead of tqdm in every chapter: ``for seed in progress(SEEDS, desc="seeds"): ...``.
