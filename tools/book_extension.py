@@ -8,11 +8,19 @@
 - It drops repeated ``<script>`` tags from every page: sphinx-thebe adds its inline configuration
   (``const THEBE_JS_URL = ...``) twice, and the second copy is a JavaScript error
   ("Identifier 'THEBE_JS_URL' has already been declared") on every page.
+- It registers the bibliography style ``authoryear`` (used by ``book/references.md``): entries
+  sorted by first author and year, labelled "Bahdanau et al. 2014" like the author-year
+  citations in the text (pybtex's default labels look like ``[BCB14]``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+
+from pybtex.plugin import register_plugin
+from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+from pybtex.style.labels import BaseLabelStyle
 
 # the same name as attention_course.utils.QUIET_PROGRESS_ENV
 QUIET_PROGRESS_ENV = "ATTENTION_COURSE_QUIET_PROGRESS"
@@ -37,6 +45,47 @@ def drop_repeated_scripts(app, pagename, templatename, context, doctree) -> None
         seen.add(key)
         unique.append(script)
     context["script_files"] = unique
+
+
+def _last_name(person) -> str:
+    return re.sub(r"[{}]", "", " ".join(person.prelast_names + person.last_names))
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    """Labels "Vaswani et al. 2017", "Nadaraya 1964", "Loshchilov and Hutter 2017"; a, b, ...
+    added when two entries would get the same label."""
+
+    def format_labels(self, sorted_entries):
+        labels = []
+        for entry in sorted_entries:
+            people = entry.persons.get("author") or entry.persons.get("editor") or []
+            names = [_last_name(p) for p in people]
+            if not names:
+                who = entry.fields.get("title", entry.key)
+            elif len(names) == 1:
+                who = names[0]
+            elif len(names) == 2:
+                who = f"{names[0]} and {names[1]}"
+            else:
+                who = f"{names[0]} et al."
+            labels.append(f"{who} {entry.fields.get('year', 'n.d.')}")
+        counts = {label: labels.count(label) for label in labels}
+        seen: dict[str, int] = {}
+        for label in labels:
+            if counts[label] > 1:
+                seen[label] = seen.get(label, 0) + 1
+                yield label + "abcdefghijklmnopqrstuvwxyz"[seen[label] - 1]
+            else:
+                yield label
+
+
+class AuthorYearStyle(UnsrtStyle):
+    default_sorting_style = "author_year_title"
+    default_label_style = "authoryear"
+
+
+register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
+register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
 
 
 def setup(app) -> dict:
