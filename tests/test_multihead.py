@@ -266,3 +266,92 @@ def test_gradients_flow_and_dtype_follow():
     ours64 = MultiHeadAttention.from_torch(theirs64)
     x64 = torch.randn(2, 5, E, dtype=torch.float64)
     assert_close(ours64(x64, x64, x64)[0], theirs64(x64, x64, x64)[0])
+
+
+# Chapter 4's Table 1 measurements, re-run at seeds the chapter does not use (it uses seed 0).
+# Thresholds: the chapter's, from sweeps of 15 seeds (path length) and 10 runs (timing).
+UNSEEN_SEEDS = [1, 2]
+
+
+@pytest.mark.parametrize("seed", UNSEEN_SEEDS)
+def test_path_length_column(seed):
+    import numpy as np
+
+    from attention_course.table1 import path_sensitivity
+
+    paths = path_sensitivity(seed=seed)
+    att = np.array(paths.by_length["self-attention"])
+    rnn = np.array(paths.by_length["recurrent"])
+    assert (att > 1e-3).all()
+    assert -1.5 < paths.attention_exponent() < -0.5
+    assert paths.first_path == {
+        "self-attention": 1,
+        "recurrent": 1,
+        "convolutional": 15,
+        "dilated convolutional": 4,
+    }
+    assert rnn[paths.lengths.index(32)] < 1e-4 * att[paths.lengths.index(32)]
+    assert rnn[-2] / rnn[0] < 1e-6 and rnn[-1] < 1e-15
+    assert 2 < paths.attention_factor_per_layer() < 5
+
+
+@pytest.mark.parametrize("seed", UNSEEN_SEEDS)
+def test_second_rnn_layer_gain_is_explained_by_less_saturation(seed):
+    from attention_course.table1 import recurrent_saturation
+
+    saturation = recurrent_saturation(seed=seed)
+    assert 0.4 < saturation.hidden_std / saturation.input_std < 0.6
+    assert saturation.tanh_slope_second > saturation.tanh_slope_first + 0.05
+    assert saturation.half_spread_over_one > 4
+    assert saturation.two_over_one > 1.5
+
+
+def test_table1_timing_directions():
+    import numpy as np
+
+    from attention_course.table1 import TimingConfig, time_layers
+
+    one = time_layers(1, TimingConfig(lengths=(8, 16, 32, 64, 128, 256, 512, 1024)), seed=1)
+    sixteen = time_layers(16, TimingConfig(lengths=(8, 16, 32, 64, 128, 256)), seed=1)
+    E = one.width
+    attention_slope, recurrent_slope = (
+        one.slope("self-attention", 4 * E),
+        one.slope("RNN (tanh)", 4 * E),
+    )
+    assert attention_slope > 1.5 and attention_slope > recurrent_slope + 0.5
+    assert 0.5 < recurrent_slope < 1.6 and 0.5 < one.slope("GRU", 4 * E) < 1.6
+    medium = (one.lengths >= 32) & (one.lengths <= 2 * E)
+    assert one.ratio("RNN (tanh)")[medium].max() < 1.5 and one.ratio("GRU")[medium].max() < 1
+    assert one.ratio("RNN (tanh)")[-1] > 3 and one.ratio("GRU")[-1] > 1
+    rnn_1, gru_1 = one.crossover("RNN (tanh)"), one.crossover("GRU")
+    assert rnn_1 is not None and E / 2 < rnn_1 < 16 * E
+    assert gru_1 is not None and gru_1 > rnn_1
+    for t in (one, sixteen):
+        long_enough = t.lengths >= 32
+        assert (t.seconds["GRU"][long_enough] > t.seconds["RNN (tanh)"][long_enough]).all()
+    others = np.minimum.reduce([one.seconds[k] for k in ("self-attention", "RNN (tanh)", "GRU")])
+    assert (one.seconds["convolution"] < others).all()
+    rnn_16, gru_16 = sixteen.crossover("RNN (tanh)"), sixteen.crossover("GRU")
+    assert rnn_16 is None or rnn_16 < rnn_1 / 2
+    assert gru_16 is not None and gru_16 < gru_1 / 2
+
+
+def test_crossover_length_interpolates_the_last_upward_crossing():
+    import numpy as np
+
+    from attention_course.table1 import crossover_length
+
+    lengths = np.array([8, 16, 32, 64])
+    assert crossover_length(lengths, np.array([2.0, 0.5, 2.0, 4.0])) == pytest.approx(
+        16 * 2**0.5
+    )  # log-midpoint between 16 and 32
+    assert crossover_length(lengths, np.array([2.0, 2.0, 2.0, 2.0])) is None  # never faster
+    assert crossover_length(lengths, np.array([2.0, 0.5, 0.5, 0.5])) is None  # never slower again
+
+
+def test_attention_memory_is_quadratic():
+    from attention_course.table1 import attention_memory
+
+    attention_bytes, state_bytes = attention_memory((64, 128), width=16, num_heads=2)
+    assert attention_bytes.tolist() == [4 * 2 * 64**2, 4 * 2 * 128**2]
+    assert state_bytes.tolist() == [4 * 64 * 16, 4 * 128 * 16]
