@@ -6,16 +6,20 @@ The variants of the literature differ ONLY in the score, so here they differ onl
 method: :class:`ScoredAttention` does the masking, the softmax and the weighted sum once, and
 each subclass overrides ``score(query, keys) -> (B, L, S)``.
 
-==========================  =====================================  ===========================
-class                       score(q, k_s)                          source
-==========================  =====================================  ===========================
-:class:`CosineAttention`    beta * cos(q, k_s)                     Graves et al. 2014 (NTM)
-:class:`AdditiveAttention`  v^T tanh(W_q q + W_k k_s)              Bahdanau et al. 2014
-:class:`GeneralAttention`   q^T W k_s                              Luong et al. 2015
-:class:`DotAttention`       q^T k_s                                Luong et al. 2015
-:class:`ScaledDotAttention` q^T k_s / sqrt(d)                      Vaswani et al. 2017
-:class:`LocationAttention`  (W_a q)_s, ignores k_s                 Luong et al. 2015
-==========================  =====================================  ===========================
+================================  ===============================  ===========================
+class                             score(q, k_s)                    source
+================================  ===============================  ===========================
+:class:`CosineAttention`          beta * cos(q, k_s)               Graves et al. 2014 (NTM)
+:class:`AdditiveScoredAttention`  v^T tanh(W_q q + W_k k_s)        Bahdanau et al. 2014
+:class:`GeneralAttention`         q^T W k_s                        Luong et al. 2015
+:class:`DotAttention`             q^T k_s                          Luong et al. 2015
+:class:`ScaledDotAttention`       q^T k_s / sqrt(d)                Vaswani et al. 2017
+:class:`LocationAttention`        (W_a q)_s, ignores k_s           Luong et al. 2015
+================================  ===============================  ===========================
+
+``AdditiveAttention`` is kept as another name of :class:`AdditiveScoredAttention`. It is NOT
+chapter 2's ``bahdanau.AdditiveAttention``, which scores ONE decoder step's query against keys
+projected once per sequence; the scorer here scores all L queries at once through ``score()``.
 
 Shapes (the book's legend): B batch [N], L queries [L], S keys [S], Dq query width,
 Dk key width, Dv value width. Masks are boolean, broadcastable to ``(B, L, S)``, and True means
@@ -37,6 +41,7 @@ from .core import masked_softmax
 
 __all__ = [
     "AdditiveAttention",
+    "AdditiveScoredAttention",
     "CosineAttention",
     "DotAttention",
     "GeneralAttention",
@@ -118,10 +123,12 @@ class GeneralAttention(ScoredAttention):
         return query @ projected.transpose(-2, -1)  # (B, L, Dq) @ (B, Dq, S) -> (B, L, S)
 
 
-class AdditiveAttention(ScoredAttention):
-    """Bahdanau et al. (2014): score(q, k) = v^T tanh(W_q q + W_k k).
+class AdditiveScoredAttention(ScoredAttention):
+    """Bahdanau et al. (2014): score(q, k) = v^T tanh(W_q q + W_k k), for L queries at once.
 
     Luong et al.'s "concat", v^T tanh(W [q; k]), is the same function with W = [W_q, W_k].
+    Chapter 2's step-wise ``bahdanau.AdditiveAttention`` computes the same score for one decoder
+    step at a time; this one is a member of the zoo: it overrides ``score()`` only.
     """
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
@@ -135,6 +142,9 @@ class AdditiveAttention(ScoredAttention):
         k = self.key_proj(keys).unsqueeze(1)  # (B, S, A) -> (B, 1, S, A)
         hidden = torch.tanh(q + k)  # broadcast -> (B, L, S, A)
         return self.v(hidden).squeeze(-1)  # (B, L, S, 1) -> (B, L, S)
+
+
+AdditiveAttention = AdditiveScoredAttention  # the chapter's first name for it, kept working
 
 
 class CosineAttention(ScoredAttention):
