@@ -34,9 +34,12 @@ import torch
 from torch import nn
 
 from .attention.core import masked_softmax
-from .data import FIELD_NAMES, DateTask, Seq2SeqBatch
+from .data import DATE_FORMATS, FIELD_NAMES, DateTask, Seq2SeqBatch, SequenceTask
 from .seq2seq import (
+    COPY_RECIPE,
+    Claim,
     ContextDecoder,
+    CopyRecipe,
     Decoder,
     EncoderOutput,
     LengthCurve,
@@ -155,18 +158,66 @@ class CopyComparison:
     plain_curve: LengthCurve  # greedy-decoding accuracy of ``plain`` at each length
     attention_curve: LengthCurve  # the same for ``attention``, on the very same sequences
 
+    def claims(self) -> list[Claim]:
+        """Chapter 2, the paper's Figure 2 in miniature: one seed."""
+        plain, attention = self.plain_curve, self.attention_curve
+        top = self.attention.recipe.max_length  # the longest training length
+        beyond = top + 10
+        return [
+            Claim(
+                "length 5: both models copy at least 85 % of the strings whole",
+                _fmt(plain.at(5)[1], attention.at(5)[1]),
+                min(plain.at(5)[1], attention.at(5)[1]) >= 0.85,
+            ),
+            Claim(
+                "length 20: attention copies at least 60 % of the strings whole, "
+                "no attention at most 1 %",
+                _fmt(attention.at(20)[1], plain.at(20)[1]),
+                attention.at(20)[1] >= 0.6 and plain.at(20)[1] <= 0.01,
+            ),
+            Claim(
+                f"length {top}: attention gets at least 65 % of the symbols right, "
+                "no attention at most 30 %",
+                _fmt(attention.at(top)[0], plain.at(top)[0]),
+                attention.at(top)[0] >= 0.65 and plain.at(top)[0] <= 0.3,
+            ),
+            Claim(
+                f"length {beyond}, beyond training: attention at least 40 % of the symbols, "
+                "no attention at most 20 %",
+                _fmt(attention.at(beyond)[0], plain.at(beyond)[0]),
+                attention.at(beyond)[0] >= 0.4 and plain.at(beyond)[0] <= 0.2,
+            ),
+            Claim(
+                f"length {beyond}: attention copies at most 5 % of the strings whole",
+                _fmt(attention.at(beyond)[1]),
+                attention.at(beyond)[1] <= 0.05,
+            ),
+        ]
+
 
 def compare_on_copy(
-    seed: int, lengths: Sequence[int], n: int = 256, progress: bool = True, **overrides
+    seed: int,
+    lengths: Sequence[int],
+    n: int = 256,
+    progress: bool = True,
+    recipe: CopyRecipe | None = None,
+    plain: TrainedCopyModel | None = None,
+    **overrides,
 ) -> CopyComparison:
     """Train both decoders with chapter 1's recipe for one seed and evaluate both by length.
 
     Both runs go through ``seq2seq.train_copy_model`` (same task, sizes, budget and batches)
     and ``seq2seq.evaluate_by_length`` (same test sequences); only the decoder class differs.
-    ``overrides`` change recipe fields for both (e.g. ``steps=300``).
+    ``recipe`` defaults to :data:`seq2seq.COPY_RECIPE`; ``overrides`` change its fields for both
+    (e.g. ``steps=300``). ``plain``, a no-attention run of this seed and recipe, is reused
+    instead of trained again.
     """
-    plain = train_copy_model(seed, ContextDecoder, progress=progress, **overrides)
-    attention = train_copy_model(seed, BahdanauDecoder, progress=progress, **overrides)
+    recipe = replace(recipe or COPY_RECIPE, **overrides)
+    if plain is None:
+        plain = train_copy_model(seed, ContextDecoder, recipe=recipe, progress=progress)
+    elif plain.seed != seed or plain.recipe != recipe:
+        raise ValueError("plain must be a no-attention run of this seed and recipe")
+    attention = train_copy_model(seed, BahdanauDecoder, recipe=recipe, progress=progress)
     return CopyComparison(
         plain,
         attention,
@@ -265,3 +316,183 @@ def translate(
         steps = min(len(output) + 1, tokens.shape[1])  # the output characters and the EOS step
         results.append(("".join(output), weights[b, :steps, : len(text)]))
     return results
+
+
+# --------------------------------------------------------------------------- chapter 2's claims
+# One function per experiment, returning its measurements; ``claims()`` states each sentence of
+# the chapter with its threshold (from a sweep over >= 10 seeds). The chapter calls these at
+# seed 0, tests/test_bahdanau.py at seeds 1 and 2: the claims are written once, here.
+
+
+def _fmt(*values: float) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+@dataclass
+class CopyDiagonal:
+    """Where the trained copy model looks: the source position of the largest weight, per step."""
+
+    share_previous: float  # share of output steps i whose largest weight is on j = i - 1
+    share_same: float  # share on j = i
+
+    def claims(self) -> list[Claim]:
+        """Chapter 2, "a diagonal, shifted by one"."""
+        return [
+            Claim(
+                "the largest weight sits on $j = i - 1$ for at least 55 % of the output steps, "
+                "at least 1.5 times as often as on $j = i$",
+                _fmt(self.share_previous, self.share_same),
+                self.share_previous >= 0.55 and self.share_previous >= 1.5 * self.share_same,
+            )
+        ]
+
+
+def copy_diagonal(
+    model: Seq2Seq, task: SequenceTask, length: int = 30, n: int = 256
+) -> CopyDiagonal:
+    """Teacher-forced weights on ``n`` strings of ``length`` (data seed 2030), output steps 1 to
+    ``length - 1``: where does each step put its largest weight?"""
+    batch = task.sample(n, length, seed=2030)
+    with torch.no_grad():
+        _, weights = model(batch.src, batch.src_lengths, batch.tgt_in)  # (B, T, S)
+    strongest = weights[:, 1:length].argmax(dim=-1)  # (B, length - 1): position read most
+    steps = torch.arange(1, length)  # output step i
+    return CopyDiagonal(
+        (strongest == steps - 1).float().mean().item(), (strongest == steps).float().mean().item()
+    )
+
+
+@dataclass
+class TrainingLengthContrast:
+    """The attention model trained on two ranges of lengths (the paper's RNNsearch-30 and -50)."""
+
+    short: TrainedCopyModel  # trained on lengths up to ``short.recipe.max_length``
+    long: TrainedCopyModel  # trained on lengths up to ``long.recipe.max_length``
+    short_curve: LengthCurve  # both tested on the same strings
+    long_curve: LengthCurve
+
+    def claims(self) -> list[Claim]:
+        """Chapter 2, "Two training lengths"."""
+        short, long = self.short_curve, self.long_curve
+        s_max, l_max = self.short.recipe.max_length, self.long.recipe.max_length
+        mid = s_max + 10  # inside the long range, beyond the short one
+        return [
+            Claim(
+                f"length {s_max}, the short range's longest: both copy at least half of the "
+                "strings whole",
+                _fmt(short.at(s_max)[1], long.at(s_max)[1]),
+                min(short.at(s_max)[1], long.at(s_max)[1]) >= 0.5,
+            ),
+            Claim(
+                f"length {s_max + 10}: the model trained to {s_max} copies at most 5 % whole",
+                _fmt(short.at(s_max + 10)[1]),
+                short.at(s_max + 10)[1] <= 0.05,
+            ),
+            Claim(
+                f"length {l_max + 10}: the model trained to {l_max} copies at most 5 % whole",
+                _fmt(long.at(l_max + 10)[1]),
+                long.at(l_max + 10)[1] <= 0.05,
+            ),
+            Claim(
+                f"length {mid}: training to {l_max} gets at least 0.3 more of the symbols right "
+                f"than training to {s_max}",
+                _fmt(long.at(mid)[0], short.at(mid)[0]),
+                long.at(mid)[0] >= short.at(mid)[0] + 0.3,
+            ),
+        ]
+
+
+def training_length_contrast(
+    seed: int,
+    lengths: Sequence[int],
+    short_max: int = 15,
+    long: TrainedCopyModel | None = None,
+    n: int = 256,
+    progress: bool = True,
+) -> TrainingLengthContrast:
+    """Train the attention model with chapter 1's recipe but lengths only up to ``short_max``,
+    and compare it with the recipe's own (``long``, trained here when not given)."""
+    if long is None:
+        long = train_copy_model(seed, BahdanauDecoder, recipe=COPY_RECIPE, progress=progress)
+    elif long.seed != seed or not isinstance(long.model.decoder, BahdanauDecoder):
+        raise ValueError("long must be an attention run of this seed")
+    short = train_copy_model(
+        seed,
+        BahdanauDecoder,
+        recipe=long.recipe,
+        progress=progress,
+        max_length=short_max,
+        start_max_length=min(long.recipe.start_max_length, short_max),
+    )
+    return TrainingLengthContrast(
+        short,
+        long,
+        evaluate_by_length(short.model, short.task, lengths, n=n),
+        evaluate_by_length(long.model, long.task, lengths, n=n),
+    )
+
+
+@dataclass
+class DateAlignment:
+    """The date model's accuracy and where its attention falls, on held-out dates."""
+
+    run: TrainedDateModel  # the trained model
+    exact: float  # exact-match share on 1,000 held-out dates, formats mixed
+    shares: dict[str, float]  # field -> attention mass on the same field (all formats)
+    chance: dict[str, float]  # the same for uniform attention
+    per_format: dict[str, dict[str, float]]  # format -> field -> share (200 dates each)
+    order_share: float  # mm/dd/yy: share of dates read year > day > month (centre of attention)
+    centres: dict[str, float]  # mm/dd/yy: mean centre of attention while writing each field
+
+    def claims(self) -> list[Claim]:
+        """Chapter 2, the paper's Figure 3 in miniature: dates."""
+        shares, chance = self.shares, self.chance
+        weakest = min(v for cell in self.per_format.values() for v in cell.values())
+        return [
+            Claim(
+                "held-out dates: at least 99 % exactly right", _fmt(self.exact), self.exact >= 0.99
+            ),
+            Claim(
+                "weight on the field being written: at least 80 % (year), 70 % (month, day)",
+                _fmt(shares["year"], shares["month"], shares["day"]),
+                shares["year"] >= 0.8 and min(shares["month"], shares["day"]) >= 0.7,
+            ),
+            Claim(
+                "at least 2.5 times what uniform attention would put there, every field",
+                _fmt(*(shares[f] / chance[f] for f in shares)),
+                all(shares[f] >= 2.5 * chance[f] for f in shares),
+            ),
+            Claim("no (format, field) cell below 60 %", _fmt(weakest), weakest >= 0.6),
+            Claim(
+                "`mm/dd/yy`: centre of attention year > day > month in at least 95 % of the dates",
+                _fmt(self.order_share),
+                self.order_share >= 0.95,
+            ),
+        ]
+
+
+def date_alignment(seed: int, steps: int = 200, progress: bool = True) -> DateAlignment:
+    """Train :func:`train_date_model` and measure it on held-out dates (data seeds 1, 2, 3)."""
+    run = train_date_model(seed=seed, steps=steps, progress=progress)
+    model, task = run.model, run.task
+    held_out = task.sample(1000, "test", seed=1)
+    exact = date_exact_match(model, held_out)
+    with torch.no_grad():
+        _, weights = model(held_out.src, held_out.src_lengths, held_out.tgt_in)  # (B, T, S)
+    shares = field_attention_share(weights, held_out)
+    chance = field_attention_share(weights, held_out, uniform=True)
+    per_format = {}
+    for fmt in DATE_FORMATS:
+        one_format = task.sample(200, "test", seed=2, formats=[fmt])
+        with torch.no_grad():
+            _, w = model(one_format.src, one_format.src_lengths, one_format.tgt_in)
+        per_format[fmt] = field_attention_share(w, one_format)
+    us = task.sample(200, "test", seed=3, formats=["mm/dd/yy"])
+    with torch.no_grad():
+        _, w = model(us.src, us.src_lengths, us.tgt_in)  # (B, T, S)
+    centre = (w * torch.arange(us.src.shape[1])).sum(-1)  # (B, T): sum_j j alpha_ij
+    # output characters 0-3 are the year, 5-6 the month, 8-9 the day
+    year, month, day = centre[:, 0:4].mean(-1), centre[:, 5:7].mean(-1), centre[:, 8:10].mean(-1)
+    order = ((year > day) & (day > month)).float().mean().item()
+    centres = {"year": year.mean().item(), "month": month.mean().item(), "day": day.mean().item()}
+    return DateAlignment(run, exact, shares, chance, per_format, order, centres)

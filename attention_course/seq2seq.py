@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .data import Seq2SeqBatch, SequenceTask
+from .data import SPECIALS, Seq2SeqBatch, SequenceTask
 from .utils import History, seed_everything, train
 
 __all__ = [
     "ContextDecoder",
+    "COPY_RECIPE",
+    "Claim",
     "CopyRecipe",
     "Decoder",
     "Encoder",
@@ -394,6 +396,11 @@ class CopyRecipe:
         )
 
 
+COPY_RECIPE = CopyRecipe(batch_size=32, max_length=30)
+"""The recipe chapters 1 and 2 train with: ``CopyRecipe()`` with batches of 32 and lengths 3-30
+(half the CPU time of the defaults, which later chapters keep)."""
+
+
 @dataclass
 class TrainedCopyModel:
     """What :func:`train_copy_model` returns."""
@@ -442,3 +449,414 @@ def train_copy_model(
     )
     model.eval()
     return TrainedCopyModel(model, task, history, recipe, seed)
+
+
+# --------------------------------------------------------------------------- claims
+# One code path per claim: each experiment below is ONE function returning its measurements in a
+# small dataclass, whose ``claims()`` states each sentence of the chapter with its threshold. The
+# chapter calls the function at seed 0 (and the seeds it shows); tests/ call the same function at
+# other seeds. Thresholds come from a sweep over >= 10 seeds (reported in the chapter's issue).
+
+
+@dataclass
+class Claim:
+    """One sentence a chapter asserts, the measurement behind it, and whether it holds."""
+
+    text: str  # the sentence, as the chapter words it (Markdown, maths in $...$)
+    measured: str  # the measured value(s), formatted for a reader
+    holds: bool  # True if the measurement satisfies the sentence's threshold
+
+
+def claims_markdown(claims: Sequence[Claim]) -> str:
+    """A Markdown table of claims: the sentence, what was measured, whether it holds."""
+    rows = ["| claim | measured | holds |", "|---|---|---|"]
+    rows += [f"| {c.text} | {c.measured} | {'yes' if c.holds else '**NO**'} |" for c in claims]
+    return "\n".join(rows)
+
+
+def assert_claims(claims: Sequence[Claim]) -> None:
+    """Raise ``AssertionError`` naming every claim that does not hold."""
+    failed = [f"{c.text} (measured {c.measured})" for c in claims if not c.holds]
+    assert not failed, "claims that do not hold:\n" + "\n".join(failed)
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{float(v):.2f}" for v in np.atleast_1d(np.asarray(values, dtype=float)))
+
+
+# --------------------------------------------------------------------------- chapter 1: the curve
+
+
+@dataclass
+class ForgettingCurves:
+    """Chapter 1's length curve: the no-attention model, one trained run per seed."""
+
+    runs: list[TrainedCopyModel]  # one trained model per seed
+    lengths: list[int]  # the tested source lengths
+    token: np.ndarray  # (seeds, lengths): token accuracy of greedy decoding
+    sequence: np.ndarray  # (seeds, lengths): whole-sequence accuracy
+
+    @property
+    def seeds(self) -> list[int]:
+        return [run.seed for run in self.runs]
+
+    def at(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(token accuracy, sequence accuracy) at one tested length: one value per seed."""
+        i = self.lengths.index(length)
+        return self.token[:, i], self.sequence[:, i]
+
+    def claims(self) -> list[Claim]:
+        """Chapter 1, "The length curve": every seed."""
+        tok5, seq5 = self.at(5)
+        tok10, seq10 = self.at(10)
+        tok15, seq15 = self.at(15)
+        tok30, _ = self.at(30)
+        tok60, _ = self.at(60)
+        beyond = self.sequence[:, self.lengths.index(15) :].max(1)
+        return [
+            Claim(
+                "strings of 5: at least 85 % copied whole", _fmt(seq5), bool((seq5 >= 0.85).all())
+            ),
+            Claim(
+                "strings of 10: at most 20 % copied whole", _fmt(seq10), bool((seq10 <= 0.2).all())
+            ),
+            Claim(
+                "from length 15 on: at most 2 % copied whole",
+                _fmt(beyond),
+                bool((beyond <= 0.02).all()),
+            ),
+            Claim(
+                "length 30: at most 30 % of the symbols right",
+                _fmt(tok30),
+                bool((tok30 <= 0.3).all()),
+            ),
+            Claim(
+                "length 60: at most 20 % of the symbols right",
+                _fmt(tok60),
+                bool((tok60 <= 0.2).all()),
+            ),
+            Claim(
+                "token accuracy falls: length 5 > 10 > 30",
+                f"{_fmt(tok5)} > {_fmt(tok10)} > {_fmt(tok30)}",
+                bool(((tok5 > tok10) & (tok10 > tok30)).all()),
+            ),
+        ]
+
+
+def forgetting_curves(
+    seeds: Sequence[int],
+    lengths: Sequence[int] = (3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60),
+    n: int = 256,
+    recipe: CopyRecipe | None = None,
+    progress: bool = True,
+) -> ForgettingCurves:
+    """Train the no-attention copy model once per seed and test it at every length."""
+    recipe = recipe or COPY_RECIPE
+    runs = [train_copy_model(seed, recipe=recipe, progress=progress) for seed in seeds]
+    curves = [evaluate_by_length(run.model, run.task, lengths, n=n) for run in runs]
+    return ForgettingCurves(
+        runs,
+        [int(x) for x in lengths],
+        np.array([c.token_accuracy for c in curves]),
+        np.array([c.sequence_accuracy for c in curves]),
+    )
+
+
+# --------------------------------------------------------------------------- chapter 1: the probe
+
+
+def linear_probe_accuracy(
+    features: np.ndarray, tokens: np.ndarray, n_train: int, num_symbols: int, ridge: float = 1e-2
+) -> np.ndarray:
+    """Held-out accuracy of a linear read-out of the symbol at every position: (S,).
+
+    ``features`` (N, D) are one vector per string, ``tokens`` (N, S) its symbols in
+    0..num_symbols-1. Ridge regression on the first ``n_train`` rows, W = (C^T C + lambda I)^-1
+    C^T Y, with a bias column in C and the symbols one-hot in Y (one block of V columns per
+    position); the guess at position j is the largest score of block j; scored on the rest.
+    """
+    N, S = tokens.shape
+    C = np.c_[features, np.ones(N)]  # (N, D + 1): a bias column
+    Y = np.eye(num_symbols)[tokens].reshape(N, S * num_symbols)  # one-hot: (N, S * V)
+    C_fit, Y_fit = C[:n_train], Y[:n_train]
+    W = np.linalg.solve(C_fit.T @ C_fit + ridge * np.eye(C.shape[1]), C_fit.T @ Y_fit)
+    scores = C[n_train:] @ W  # (N - n_train, D + 1) @ (D + 1, S * V) -> (N - n_train, S * V)
+    guess = scores.reshape(-1, S, num_symbols).argmax(-1)  # (N - n_train, S)
+    return (guess == tokens[n_train:]).mean(0)
+
+
+def accuracy_by_position(model: Seq2Seq, batch: Seq2SeqBatch) -> np.ndarray:
+    """Greedy decoding; the share of strings whose output is right at each target position: (T,)."""
+    predicted, _ = model.greedy_decode(batch.src, batch.src_lengths, batch.tgt_out.shape[1])
+    T = batch.tgt_out.shape[1]
+    predicted = F.pad(predicted, (0, T - predicted.shape[1]), value=-1)  # (B, T)
+    return (predicted == batch.tgt_out).float().mean(0).numpy()
+
+
+def symbols_held(accuracy, chance: float) -> float:
+    """Symbols' worth a read-out recovers: accuracy above chance rescaled to 0..1, summed."""
+    return float(np.clip((np.asarray(accuracy) - chance) / (1 - chance), 0, None).sum())
+
+
+@dataclass
+class SummaryProbe:
+    """What the summary vector still holds, by position, and what the model writes there."""
+
+    seeds: list[int]  # one row per trained model
+    length: int  # the length of the probed strings
+    chance: float  # 1 / number of symbols
+    model_by_position: np.ndarray  # (seeds, length): the model's greedy output right, by position
+    probe_by_position: np.ndarray  # (seeds, length): the linear probe right, by position
+
+    def claims(self) -> list[Claim]:
+        """Chapter 1, "Why it forgets: the bottleneck": every seed."""
+        model, probe, chance = self.model_by_position, self.probe_by_position, self.chance
+        middle = probe[:, 10:20].mean(1)
+        end = probe[:, -3:].mean(1)
+        held = np.array([symbols_held(p, chance) for p in probe])
+        return [
+            Claim(
+                "the model's first symbol: right at least 60 % of the time",
+                _fmt(model[:, 0]),
+                bool((model[:, 0] >= 0.6).all()),
+            ),
+            Claim(
+                "the model, positions 11 to 30: right at most 20 % of the time",
+                _fmt(model[:, 10:].mean(1)),
+                bool((model[:, 10:].mean(1) <= 0.2).all()),
+            ),
+            Claim(
+                "probe, first symbol: at least 80 %",
+                _fmt(probe[:, 0]),
+                bool((probe[:, 0] >= 0.8).all()),
+            ),
+            Claim(
+                "probe, positions 11 to 20: at most 25 %",
+                _fmt(middle),
+                bool((middle <= 0.25).all()),
+            ),
+            Claim(
+                "probe, positions 11 to 20: above chance",
+                _fmt(middle),
+                bool((middle > chance).all()),
+            ),
+            Claim(
+                "probe, last three positions: above the middle",
+                f"{_fmt(end)} vs {_fmt(middle)}",
+                bool((end > middle + 0.04).all()),
+            ),
+            Claim(
+                f"the summary holds fewer than 7 of {self.length} symbols' worth",
+                _fmt(held),
+                bool((held < 7).all()),
+            ),
+        ]
+
+
+def probe_summaries(
+    runs: Sequence[TrainedCopyModel], length: int = 30, n_fit: int = 2000, n_score: int = 1000
+) -> SummaryProbe:
+    """Probe every run's summary with :func:`linear_probe_accuracy` and test its output by position.
+
+    The probe is fitted on ``n_fit`` strings of ``length`` and scored on ``n_score`` others; the
+    model's own accuracy by position is measured on 512 more. Data seeds are fixed (30, 31), so
+    every run is probed on the same strings.
+    """
+    task = runs[0].task
+    probe_batch = task.sample(n_fit + n_score, length, seed=30)
+    test_batch = task.sample(512, length, seed=31)
+    symbols = (probe_batch.src - len(SPECIALS)).numpy()  # ids -> 0..V-1: (N, S)
+    model_rows, probe_rows = [], []
+    for run in runs:
+        model_rows.append(accuracy_by_position(run.model, test_batch)[:length])
+        with torch.no_grad():
+            summary = run.model.encoder(probe_batch.src, probe_batch.src_lengths).summary  # (N, 2H)
+        probe_rows.append(linear_probe_accuracy(summary.numpy(), symbols, n_fit, task.num_symbols))
+    return SummaryProbe(
+        [run.seed for run in runs],
+        length,
+        1 / task.num_symbols,
+        np.array(model_rows),
+        np.array(probe_rows),
+    )
+
+
+# --------------------------------------------------------------------------- chapter 1: gradients
+
+
+def decay_per_step(relative: np.ndarray, first: int = 10, last: int = 50) -> float:
+    """The factor a gradient norm shrinks by per step: geometric fit over distances first..last."""
+    d = np.arange(first, last)
+    return float(np.exp(np.polyfit(d, np.log(relative[d]), 1)[0]))
+
+
+@dataclass
+class GradientPath:
+    """Gradient norm reaching each input, by distance from the end, relative to distance 0."""
+
+    length: int  # the length of the input sequences
+    untrained: dict[str, np.ndarray]  # cell name -> (length,) for freshly initialised cells
+    trained: np.ndarray  # (seeds, length): the forward GRU of the trained encoders
+    seeds: list[int]  # the seeds of the trained encoders
+
+    def claims(self) -> list[Claim]:
+        """Chapter 1, "Why it forgets: the gradient path"."""
+        at40 = {name: rel[40] for name, rel in self.untrained.items()}
+        rates = {name: decay_per_step(rel) for name, rel in self.untrained.items()}
+        smallest = self.trained.min(1)
+        return [
+            Claim(
+                "vanilla RNN, 40 steps back: below $10^{-6}$",
+                f"{at40['vanilla RNN']:.1e}",
+                bool(at40["vanilla RNN"] < 1e-6),
+            ),
+            Claim(
+                "untrained GRU and LSTM shrink by a smaller factor per step than the vanilla RNN",
+                ", ".join(f"{k} x{v:.2f}" for k, v in rates.items()),
+                bool(min(rates["GRU"], rates["LSTM"]) > rates["vanilla RNN"]),
+            ),
+            Claim(
+                "every untrained cell, 40 steps back: below $10^{-4}$",
+                ", ".join(f"{v:.0e}" for v in at40.values()),
+                bool(max(at40.values()) < 1e-4),
+            ),
+            Claim(
+                f"trained GRU: above 1/4 of its value at the end, at every distance "
+                f"up to {self.length - 1}",
+                _fmt(smallest),
+                bool((smallest > 0.25).all()),
+            ),
+        ]
+
+
+def gradient_path(
+    runs: Sequence[TrainedCopyModel], length: int = 60, hidden: int = 64, batch_size: int = 64
+) -> GradientPath:
+    """:func:`position_gradient_norms` for untrained cells and for the runs' trained encoders.
+
+    The loss is a scalar read out of the final state along a fixed random direction. Untrained
+    cells (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``, ``hidden`` units, torch seed 0) read random inputs;
+    a trained encoder's forward GRU reads the embeddings of random symbols.
+    """
+    emb_dim = runs[0].recipe.emb_dim
+    inputs = torch.randn(batch_size, length, emb_dim, generator=torch.Generator().manual_seed(0))
+    readout = torch.randn(hidden, generator=torch.Generator().manual_seed(1))
+
+    def relative(norms: torch.Tensor) -> np.ndarray:  # by distance from the end, (S,)
+        return (norms.flip(0) / norms[-1]).numpy()
+
+    untrained = {}
+    for name, cell in [("vanilla RNN", nn.RNN), ("LSTM", nn.LSTM), ("GRU", nn.GRU)]:
+        torch.manual_seed(0)
+        rnn = cell(emb_dim, hidden, batch_first=True)
+        loss = lambda outputs: (outputs[:, -1] @ readout).sum()  # noqa: E731  (B, S, H) -> ()
+        untrained[name] = relative(position_gradient_norms(rnn, inputs, loss))
+    trained = []
+    for run in runs:
+        encoder, H = run.model.encoder, run.recipe.enc_hidden
+        tokens = run.task.sample(batch_size, length, seed=2).src  # (B, S)
+        # the forward half of each bidirectional state, read along the first H of the direction
+        loss = lambda outputs, H=H: (outputs[:, -1, :H] @ readout[:H]).sum()  # noqa: E731
+        trained.append(
+            relative(position_gradient_norms(encoder.rnn, encoder.embedding(tokens), loss))
+        )
+    return GradientPath(length, untrained, np.array(trained), [run.seed for run in runs])
+
+
+# --------------------------------------------------------------------------- chapter 1: the budget
+
+
+@dataclass
+class BudgetCurves:
+    """One run of the no-attention model tested after more and more training steps."""
+
+    seed: int  # the run's seed
+    budgets: list[int]  # total training steps at each test
+    lengths: list[int]  # the tested source lengths
+    token: np.ndarray  # (budgets, lengths): token accuracy
+    sequence: np.ndarray  # (budgets, lengths): whole-sequence accuracy
+
+    def longest_copied(self, share: float = 0.5) -> list[int]:
+        """Per budget: the longest tested length copied whole in at least ``share`` of strings."""
+        return [
+            max((L for L, s in zip(self.lengths, row) if s >= share), default=0)
+            for row in self.sequence
+        ]
+
+    def claims(self) -> list[Claim]:
+        """Chapter 1, "More training, or a fixed vector?"."""
+        seq, longest = self.sequence, self.longest_copied(0.5)
+        from_15 = seq[:, self.lengths.index(15) :]
+        return [
+            Claim(
+                "more steps copy more: strings of 10 copied whole, rising with the budget",
+                _fmt(seq[:, self.lengths.index(10)]),
+                bool((np.diff(seq[:, self.lengths.index(10)]) > 0).all()),
+            ),
+            Claim(
+                "the longest length copied whole at least half of the time grows with the budget",
+                ", ".join(map(str, longest)),
+                bool((np.diff(longest) > 0).all()),
+            ),
+            Claim(
+                "at every budget, strings of 15 or more: at most 2 % copied whole",
+                _fmt(from_15.max(1)),
+                bool((from_15 <= 0.02).all()),
+            ),
+        ]
+
+
+def budget_curves(
+    seed: int,
+    budgets: Sequence[int] = (500, 1000),
+    lengths: Sequence[int] = (5, 10, 15, 20, 25, 30),
+    n: int = 256,
+    recipe: CopyRecipe | None = None,
+    start: TrainedCopyModel | None = None,
+    progress: bool = True,
+) -> BudgetCurves:
+    """Train the no-attention model for ``budgets[0]`` steps (the recipe's), then keep training
+    it, testing it by length after each budget.
+
+    From one budget to the next the run continues with a fresh one-cycle schedule (a *warm
+    restart*: the learning rate rises and anneals again) on fresh batches of every training
+    length, so each test sees an annealed model. ``start``, a run of :func:`train_copy_model`
+    with this seed and recipe, is copied and continued instead of training the first budget again.
+    """
+    import copy
+
+    recipe = recipe or COPY_RECIPE
+    if budgets[0] != recipe.steps:
+        raise ValueError("the first budget is the recipe's own number of steps")
+    if start is None:
+        start = train_copy_model(seed, recipe=recipe, progress=progress)
+    elif start.seed != seed or start.recipe != recipe:
+        raise ValueError("start must be a run of this seed and recipe")
+    model, task = copy.deepcopy(start.model), start.task
+    curves = [evaluate_by_length(model, task, lengths, n=n)]
+    for k, (before, after) in enumerate(zip(budgets, budgets[1:])):
+        batches = task.curriculum(
+            after - before,
+            batch_size=recipe.batch_size,
+            min_length=recipe.min_length,
+            max_length=recipe.max_length,
+            start_max_length=recipe.max_length,  # no ramp: every training length from the start
+            seed=np.random.default_rng([seed, 3, k]),
+        )
+        train_seq2seq(
+            model,
+            batches,
+            after - before,
+            peak_lr=recipe.peak_lr,
+            clip_norm=recipe.clip_norm,
+            progress=progress,
+            desc=f"seed {seed}: steps {before} to {after}",
+        )
+        curves.append(evaluate_by_length(model, task, lengths, n=n))
+    return BudgetCurves(
+        seed,
+        [int(b) for b in budgets],
+        [int(x) for x in lengths],
+        np.array([c.token_accuracy for c in curves]),
+        np.array([c.sequence_accuracy for c in curves]),
+    )
