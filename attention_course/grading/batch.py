@@ -247,6 +247,53 @@ def _kill_uid(uid: int | None) -> int:
     return killed
 
 
+_LIVE: set[int] = set()  # pids of the children this process is running right now
+_LIVE_LOCK = threading.Lock()
+
+
+def _become_subreaper() -> bool:
+    """Linux: orphaned descendants of our children become OUR children (so they can be found)."""
+    try:
+        import ctypes
+
+        return (
+            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+        )  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _kill_orphans() -> int:
+    """Kill every child of this process that is not a live grading child: processes a
+    submission started that outlived it (reparented here by the subreaper flag)."""
+    if not os.path.isdir("/proc"):
+        return 0
+    me, killed = os.getpid(), 0
+    for _ in range(5):
+        found = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            with _LIVE_LOCK:
+                ours = int(entry) in _LIVE
+            if ppid == me and not ours:
+                with contextlib.suppress(OSError):
+                    os.kill(int(entry), signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(int(entry), 0)
+                    found += 1
+        killed += found
+        if not found:
+            break
+        time.sleep(0.05)
+    return killed
+
+
 def _read_outcomes(data: bytes, cases: list[list]) -> list[list[Outcome]] | None:
     raw = _codec.unpack(data, _codec.Limits(max_bytes=MAX_RESULT_BYTES))
     if not isinstance(raw, list) or len(raw) != len(cases):
@@ -314,6 +361,8 @@ def _run_child(sub: Submission, cells: list[str], plan, cfg: _Config, slot: int)
             start_new_session=True,
             close_fds=True,
         )
+        with _LIVE_LOCK:
+            _LIVE.add(process.pid)
         drain = _Drain(process.stdout)
         drain.start()
         try:
@@ -322,8 +371,14 @@ def _run_child(sub: Submission, cells: list[str], plan, cfg: _Config, slot: int)
         except subprocess.TimeoutExpired:
             timed_out = True
         _kill_group(process)  # the bwrap process: its PID namespace dies with it
-        stray = _kill_uid(uid) if cfg.sandbox.kind != "bwrap" else 0
+        with _LIVE_LOCK:
+            _LIVE.discard(process.pid)
+        stray = 0
+        if cfg.sandbox.kind != "bwrap":  # no PID namespace: find what escaped the group
+            stray = _kill_uid(uid) + _kill_orphans()
         drain.join(timeout=5)
+        with contextlib.suppress(OSError):
+            process.stdout.close()
         sub.log = drain.text()
         if timed_out:
             sub.notes.append(f"the notebook ran out of time ({wall:.0f} s) and was stopped")
@@ -338,9 +393,16 @@ def _run_child(sub: Submission, cells: list[str], plan, cfg: _Config, slot: int)
         except (OSError, ValueError) as exc:
             found["report"] = {"unreadable": str(exc)[:100]}
         for index in range(len(plan)):
-            with contextlib.suppress(OSError):
+            try:
                 found["answers"][index] = read_regular(
                     scratch / f"answers_{index}.bin", MAX_RESULT_BYTES
+                )
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                why = printable(str(exc.strerror or exc), 80)
+                sub.notes.append(
+                    f"{plan[index][0].id}: the child's answers file was refused ({why})"
                 )
         return found
     finally:
@@ -581,8 +643,10 @@ def grade_submissions(
     names = submission_ids(files)
     box = detect(sandbox)
     box.hidden = sorted({str(out.resolve())} | {str(f.parent.resolve()) for f in files})
-    if progress and box.kind != "bwrap":
-        progress(f"WARNING: no sandbox ({box.reason}); see book/for_instructors.md")
+    if box.kind != "bwrap":
+        _become_subreaper()
+        if progress:
+            progress(f"WARNING: no sandbox ({box.reason}); see book/for_instructors.md")
     # read everything first: a child can never change a classmate's input afterwards
     contents: list[tuple[bytes | None, str]] = []
     for file in files:
