@@ -3,6 +3,7 @@
     python -m attention_course.grading SUBMISSION.ipynb... --questions ch03 --out DIR
     python -m attention_course.grading submissions/ --out DIR --manifest hw3.json --jobs 2
     python -m attention_course.grading --list
+    python -m attention_course.grading gradescope --questions ch03 --out autograder.zip
 
 Writes DIR/<submission>/results.json (Gradescope's format), DIR/<submission>/log.txt (what the
 notebook printed) and DIR/gradebook.csv (one row per submission, one column per question).
@@ -17,7 +18,39 @@ import time
 from .registry import get_question, import_errors, list_questions
 
 
+def _gradescope(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m attention_course.grading gradescope",
+        description="Build a Gradescope autograder bundle (zip) for a question set.",
+    )
+    parser.add_argument("--questions", nargs="+", required=True, help="ids or prefixes")
+    parser.add_argument("--out", default="autograder.zip", help="the zip (autograder.zip)")
+    args = parser.parse_args(argv)
+    from .gradescope import build_bundle
+
+    ids = build_bundle(args.questions, args.out)
+    print(f"wrote {args.out}: {len(ids)} question(s); upload it as the autograder")
+    return 0
+
+
+def _gradescope_run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attention_course.grading gradescope-run")
+    parser.add_argument("--root", default="/autograder")
+    parser.add_argument("--manifest", required=True)
+    args = parser.parse_args(argv)
+    from .gradescope import run_autograder
+
+    result = run_autograder(args.root, args.manifest)
+    print(f"score {result.get('score')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["gradescope"]:
+        return _gradescope(argv[1:])
+    if argv[:1] == ["gradescope-run"]:
+        return _gradescope_run(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m attention_course.grading",
         description="Grade submitted notebooks; write results.json files and gradebook.csv.",
