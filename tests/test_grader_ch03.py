@@ -468,3 +468,26 @@ def test_hints_hold_for_other_seeds(seed):
         assert grade(SOFTMAX, answer, seed=seed).passed
     for answer in RIGHT_ATTENTION:
         assert grade(ATTENTION, answer, seed=seed).passed
+
+
+def test_attention_hints_name_the_right_mistake():
+    """A swapped (weights, output) pair is named as such (not a wrong axis), and dropout on
+    the weights is not reported as a wrong softmax axis."""
+    from graderkit import assert_caught
+
+    from attention_course.attention import scaled_dot_product_attention as reference
+
+    def swapped(query, key, value, attn_mask=None):
+        output, weights = reference(query, key, value, attn_mask)
+        return weights, output
+
+    def dropout(query, key, value, attn_mask=None):
+        _, weights = reference(query, key, value, attn_mask)
+        weights = torch.nn.functional.dropout(weights, p=0.3, training=True)
+        return weights @ value, weights
+
+    assert_caught(ATTENTION, swapped, "wrong order")
+    result = grade(ATTENTION, dropout)
+    messages = " ".join(t.message for t in result.tests if not t.passed)
+    assert result.score < result.max_score and "over the wrong axis" not in messages
+    assert "no dropout" in messages

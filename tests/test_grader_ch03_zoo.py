@@ -476,3 +476,14 @@ def test_stubs_score_zero():
     for question in Z.QUESTIONS:
         result = grade(question.id, stub)
         assert result.score == 0 and result.not_implemented, result.report()
+
+
+def test_monte_carlo_that_reseeds_itself_loses_points():
+    """Re-seeding inside passes "same seed, same estimate" but is not random across seeds."""
+
+    def reseeds(weights, values, num_samples, generator=None):
+        return Z.reference_monte_carlo_context(
+            weights, values, num_samples, torch.Generator().manual_seed(0)
+        )
+
+    caught("ch03.monte_carlo_context", reseeds, "different generators give the same estimate")

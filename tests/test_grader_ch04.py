@@ -524,3 +524,13 @@ def test_multihead_extra_buffer_and_no_grad():
 
     assert_full_marks("ch04.MultiHeadAttention", WithBuffer)
     assert_caught("ch04.MultiHeadAttention", NoGrad, "no gradient reaches")
+
+
+def test_multihead_key_reshaped_with_the_query_length_is_named():
+    class KeyWithL(PackageMultiHeadAttention):
+        def forward(self, query, key, value, *args, **kwargs):
+            B, L, E = query.shape
+            self.k_proj(key).view(B, L, self.num_heads, E // self.num_heads)  # the slip
+            return super().forward(query, key, value, *args, **kwargs)
+
+    assert_caught("ch04.MultiHeadAttention", KeyWithL, "its OWN length")

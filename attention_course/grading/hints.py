@@ -107,3 +107,8 @@ NOT_RANDOM = (
     "different generators give the same estimate: the estimator must draw from the `generator` "
     "it is given (don't re-seed it, don't create your own)"
 )
+ROWS_NOT_ONE = (
+    "the weights of a query do not sum to 1 over the keys: nothing may rescale, drop or "
+    "re-weight them after the softmax (no dropout inside this function)"
+)
+SWAPPED_PAIR = "the returned pair is in the wrong order: return ({first}, {second})"

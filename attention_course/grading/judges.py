@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from ._codec import Opaque
-from .hints import IN_PLACE, NO_GRAD, NO_GRAD_TO, NOT_EXACT_ZERO, NOT_RANDOM, SQUEEZE, WRONG_GRAD
+from .hints import (
+    IN_PLACE,
+    NO_GRAD,
+    NO_GRAD_TO,
+    NOT_EXACT_ZERO,
+    NOT_RANDOM,
+    SQUEEZE,
+    SWAPPED_PAIR,
+    WRONG_GRAD,
+)
 
 __all__ = [
     "Fail",
@@ -123,12 +132,19 @@ def _new_nan(value: torch.Tensor, expected: torch.Tensor) -> bool:
     return bool((torch.isnan(value) & ~torch.isnan(expected)).any())
 
 
-def expect_sequence(value, length: int, names: str = "(output, weights)"):
-    """Fail unless ``value`` is a tuple or list of ``length`` items."""
+def expect_sequence(value, length: int, names: str = "(output, weights)", expected=None):
+    """Fail unless ``value`` is a tuple or list of ``length`` items; with ``expected`` (the
+    reference's tuple), a pair returned in the wrong order is named as such."""
     if not isinstance(value, tuple | list):
         raise Fail(f"return a tuple {names}, got {_type_name(value)}")
     if len(value) != length:
         raise Fail(f"return a tuple {names} of {length} items, got {len(value)} items")
+    if expected is not None and length == 2 and isinstance(expected, tuple | list):
+        shapes = [tuple(getattr(v, "shape", ())) for v in value]
+        wants = [tuple(getattr(v, "shape", ())) for v in expected]
+        if shapes != wants and shapes == wants[::-1]:
+            first, second = (n.strip() for n in names.strip("()").split(","))
+            raise Fail(SWAPPED_PAIR.format(first=first, second=second))
 
 
 def _same(a, b) -> bool:

@@ -96,10 +96,10 @@ EDGE_SHAPES: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-def _as_tuple(value, n: int, names: Sequence[str]):
+def _as_tuple(value, n: int, names: Sequence[str], expected=None):
     if n == 1:
         return (value,)
-    expect_sequence(value, n, "(" + ", ".join(names) + ")")
+    expect_sequence(value, n, "(" + ", ".join(names) + ")", expected)
     return tuple(value)
 
 
@@ -113,7 +113,7 @@ def judge_outputs(case: Case, names: Sequence[str] = ("output",), *, mistakes=No
     that output must be exactly 0 where the mask argument forbids attending.
     """
     n = len(names)
-    outs = _as_tuple(case.output, n, names)
+    outs = _as_tuple(case.output, n, names, case.expected)
     wants = _as_tuple(case.expected, n, names) if n > 1 else (case.expected,)
     for out, want, name in zip(outs, wants, names):
         expect_tensor(out, want, name)

@@ -26,6 +26,7 @@ from ..hints import (
     NOT_EXACT_ZERO,
     NOT_NORMALISED,
     OVERFLOW,
+    ROWS_NOT_ONE,
     TRANSPOSED_KEY,
     WRONG_AXIS,
 )
@@ -197,7 +198,7 @@ def _qkv(g, *batch: int, L: int, S: int, E: int, Ev: int, scale: float = 1.0):
 
 def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
     query, key, value, mask = (list(case.args) + [None])[:4]
-    expect_sequence(case.output, 2, "(output, weights)")
+    expect_sequence(case.output, 2, "(output, weights)", case.expected)
     output, weights = case.output
     expected_output, expected_weights = case.expected
     mistakes = attention_mistakes(query, key, value, mask)
@@ -224,19 +225,22 @@ def _judge_attention(case, *, nan_hint: str = "", exact_zero: bool = False):
 
 
 def _judge_attention_shapes(case):
-    expect_sequence(case.output, 2, "(output, weights)")
+    expect_sequence(case.output, 2, "(output, weights)", case.expected)
     expected_output, expected_weights = case.expected
     expect_tensor(case.output[0], expected_output, "output")
     expect_tensor(case.output[1], expected_weights, "weights")
 
 
 def _judge_rows_sum_to_one(case):
-    expect_sequence(case.output, 2, "(output, weights)")
+    expect_sequence(case.output, 2, "(output, weights)", case.expected)
     weights = case.output[1]
     expect_tensor(weights, case.expected[1], "weights")
     ones = torch.ones(weights.shape[:-1], dtype=torch.float64)
     if not torch.allclose(weights.double().sum(-1), ones, atol=1e-5):
-        raise Fail(WRONG_AXIS if weights.shape[-2] > 1 else NOT_NORMALISED)
+        columns = torch.ones(weights.shape[:-2] + weights.shape[-1:], dtype=torch.float64)
+        if weights.shape[-2] > 1 and torch.allclose(weights.double().sum(-2), columns, atol=1e-5):
+            raise Fail(WRONG_AXIS)
+        raise Fail(NOT_NORMALISED if weights.shape[-2] == 1 else ROWS_NOT_ONE)
 
 
 def _judge_attention_unchanged(case):

@@ -27,6 +27,7 @@ from ..core import Question, Test, call_args
 from ..inputs import bool_mask as _bool_mask
 from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+from ..kit import random_test, seeded_args
 from ..models import softmax_variant as _softmax
 
 NEG_INF = float("-inf")
@@ -878,6 +879,13 @@ MONTE_CARLO_CONTEXT = Question(
             _judge_mc_variance,
         ),
         Test("the same seeded generator gives the same estimate", _mc_seed_inputs, _judge_mc_seed),
+        random_test(
+            "another seed gives another estimate (it draws from `generator`)",
+            lambda g: [
+                seeded_args(_mc_weights(g, 2, 3, 6), _randn(g, 2, 6, 4), 3, seed=int(s))
+                for s in torch.randint(0, 2**30, (2,), generator=g)
+            ],
+        ),
         Test(
             "does not change its inputs",
             lambda g: [_mc_case(g, _mc_weights(g, 2, 3, 5), _randn(g, 2, 5, 4), 4)],

@@ -26,7 +26,7 @@ from attention_course.attention.multihead import (
 from attention_course.attention.multihead import split_heads as reference_split_heads
 
 from ..core import Question, Test, _cotangent, _float_tensors, call_args
-from ..hints import NO_GRAD_TO
+from ..hints import NO_GRAD_TO, ROWS_NOT_ONE
 from ..inputs import randn as _randn
 from ..judges import (
     Fail,
@@ -65,6 +65,10 @@ CAUSAL_DTYPE = "return a boolean mask (dtype torch.bool), True = may attend, not
 SPLIT_VIEW = (
     "x.view(B, h, L, d) cuts the memory in the wrong order and mixes positions into heads: "
     "view as (B, L, h, d) first, then transpose(1, 2)"
+)
+SPLIT_SIZES = (
+    "a reshape got sizes that do not fit: split each of query, key and value with its OWN "
+    "length (L for the queries, S for keys and values) and d = embed_dim // num_heads"
 )
 SPLIT_NO_TRANSPOSE = "after view(B, L, h, d), transpose(1, 2) so that heads come before length"
 SPLIT_INTERLEAVED = (
@@ -704,7 +708,9 @@ def _judge_mha_values(case):
         total = weights.double().sum(-1)
         blocked = case.expected[1].double().sum(-1) == 0
         if not torch.allclose(total[~blocked], torch.ones_like(total[~blocked]), atol=1e-4):
-            raise Fail(MHA_SUMMED)
+            h = case.inputs["num_heads"]
+            summed = torch.allclose(total[~blocked], torch.full_like(total[~blocked], h), atol=1e-3)
+            raise Fail(MHA_SUMMED if summed else ROWS_NOT_ONE)
 
 
 _judge_mha = _case_suffix(_describe_mha)(_judge_mha_values)
@@ -813,7 +819,7 @@ MULTI_HEAD_ATTENTION = Question(
         (r"Missing key\(s\)|Unexpected key\(s\)|has no attribute '(q|k|v|out)_proj", MHA_NAMES),
         (r"unexpected keyword argument|positional argument", MHA_SIGNATURE),
         (r"view size is not compatible|contiguous", NOT_CONTIGUOUS),
-        (r"invalid for input of size|shape '\[", SPLIT_VIEW),
+        (r"invalid for input of size|shape '\[", SPLIT_SIZES),
     ),
     tests=(
         Test("returns (output (B, L, E), weights (B, L, S) averaged over heads)",
