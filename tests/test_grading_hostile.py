@@ -193,13 +193,11 @@ def _notebook(path: Path, *cells: str, metadata: dict | None = None) -> Path:
     return path
 
 
-def _package_digest() -> str:
-    """The grader files a submission tries to patch (other package files may be edited by
-    colleagues while the tests run)."""
-    digest = hashlib.sha256()
-    for name in ("core.py", "judges.py"):
-        digest.update((Path(attention_course.__file__).parent / "grading" / name).read_bytes())
-    return digest.hexdigest()
+def _package_digest(text: bool = False) -> str:
+    """The grader files a submission tries to patch (their hash, or their text)."""
+    folder = Path(attention_course.__file__).parent / "grading"
+    data = b"".join((folder / name).read_bytes() for name in ("core.py", "judges.py"))
+    return data.decode() if text else hashlib.sha256(data).hexdigest()
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -328,8 +326,9 @@ def test_a_process_in_its_own_session_dies_with_the_sandbox(hostile):
 
 
 def test_the_course_package_is_read_only_to_submissions(hostile):
-    assert _package_digest() == hostile["digest"]
-    assert "PATCHED" not in _log(hostile, "patches_package")
+    log = _log(hostile, "patches_package")
+    assert "PATCHED" not in log and log.count("patch refused") == 2
+    assert "patched by a submission" not in _package_digest(text=True)
 
 
 def test_classmates_notebooks_are_invisible(hostile):
@@ -445,6 +444,7 @@ def test_the_degraded_path_is_loud_and_still_limits(tmp_path):
     assert float(rows["correct"][SOFTMAX]) == MAX
     assert _processes_with(MARKER) == [] and "stray process" in rows["escapes"]["notes"]
     assert victim.read_bytes() == before and _package_digest() == digest
+    assert "patched by a submission" not in _package_digest(text=True)
     assert float(rows["allocates"][SOFTMAX]) == MAX and "cell 0" in rows["allocates"]["notes"]
 
 
