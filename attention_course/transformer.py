@@ -68,6 +68,7 @@ __all__ = [
     "DATE_CONFIG",
     "DATE_PEAK_LR",
     "AttentionMaps",
+    "CacheTiming",
     "CopyRace",
     "DecoderLayer",
     "DecoderOnly",
@@ -77,6 +78,7 @@ __all__ = [
     "NormPlacementGradients",
     "Transformer",
     "TransformerConfig",
+    "cache_speedup",
     "cached_attention",
     "copy_batches",
     "gradient_norms_at_init",
@@ -203,8 +205,9 @@ class EncoderLayer(nn.Module):
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> EncoderLayer:
         """An ``EncoderLayer`` holding copies of an ``nn.TransformerEncoderLayer``'s weights.
 
-        Either ``norm_first``, "relu" or "gelu". Call the copy batch first; convert masks with
-        ``from_torch_mask`` (PyTorch's True = may NOT attend / padding).
+        Either ``norm_first``, "relu" or "gelu"; the copy is in the layer's train/eval mode.
+        Call it batch first; convert masks with ``from_torch_mask`` (PyTorch's True = may NOT
+        attend / padding).
         """
         ours = cls(
             layer.linear1.in_features,
@@ -217,6 +220,7 @@ class EncoderLayer(nn.Module):
         )
         ours.self_attn = MultiHeadAttention.from_torch(layer.self_attn)
         _copy_feed_forward_and_norms(ours, layer, ("norm1", "norm2"))
+        ours.train(layer.training)  # same mode (dropout on or off) as the copied layer
         return ours.to(layer.linear1.weight.device, layer.linear1.weight.dtype)
 
 
@@ -435,6 +439,7 @@ class DecoderLayer(nn.Module):
         ours.self_attn = MultiHeadAttention.from_torch(layer.self_attn)
         ours.cross_attn = MultiHeadAttention.from_torch(layer.multihead_attn)
         _copy_feed_forward_and_norms(ours, layer, ("norm1", "norm2", "norm3"))
+        ours.train(layer.training)  # same mode (dropout on or off) as the copied layer
         return ours.to(layer.linear1.weight.device, layer.linear1.weight.dtype)
 
 
@@ -950,3 +955,54 @@ def train_date_transformer(
     )
     model.eval()
     return TrainedDateModel(model, task, history, seed)
+
+
+# --------------------------------------------------------------------------- the KV cache
+
+
+@dataclass
+class CacheTiming:
+    """Greedy decoding with and without the KV cache, at several output lengths."""
+
+    lengths: list[int]  # source length = output length - 1 (the copy task writes EOS last)
+    cached_seconds: list[float]  # median CPU seconds of one batched greedy decode, with the cache
+    full_seconds: list[float]  # the same, recomputing the whole prefix at every step
+    identical: list[bool]  # whether both produced exactly the same tokens
+
+    @property
+    def speedups(self) -> list[float]:
+        """full / cached CPU seconds at each length (> 1: the cache is faster)."""
+        return [f / c for f, c in zip(self.full_seconds, self.cached_seconds)]
+
+
+def cache_speedup(
+    model: Transformer,
+    task,
+    lengths: Sequence[int] = (10, 20, 40),
+    n: int = 64,
+    repeats: int = 3,
+    seed: int = 2000,
+) -> CacheTiming:
+    """Time ``model.greedy_decode`` with and without its cache on ``n`` copy sequences per length.
+
+    The two runs alternate ``repeats`` times (so a busy machine slows both alike) and the median
+    CPU seconds are kept. ``max_len`` is the target length (source + EOS).
+    """
+    cached, full, identical = [], [], []
+    for length in lengths:
+        batch = task.sample(n, int(length), seed=seed + int(length))
+        max_len = batch.tgt_out.shape[1]
+        times = {True: [], False: []}
+        outputs = {}
+        for _ in range(repeats):
+            for use_cache in (True, False):
+                start = time.process_time()
+                tokens, _ = model.greedy_decode(
+                    batch.src, batch.src_lengths, max_len, use_cache=use_cache
+                )
+                times[use_cache].append(time.process_time() - start)
+                outputs[use_cache] = tokens
+        cached.append(float(np.median(times[True])))
+        full.append(float(np.median(times[False])))
+        identical.append(bool(torch.equal(outputs[True], outputs[False])))
+    return CacheTiming([int(x) for x in lengths], cached, full, identical)
