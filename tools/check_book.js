@@ -31,7 +31,8 @@ checkBook.waitForPage = async () => {
 checkBook.inspectPage = () => {
   const out = {rawTex: [], plainMaths: [], images: [], progress: [], blankOutputs: [],
                widgets: [], links: [], duplicates: [], overflow: []};
-  const article = document.querySelector('main') || document.body;
+  // The page's own content (the theme's header, sidebars and launch-button logos are not).
+  const article = document.querySelector('article.bd-article, main') || document.body;
   const skip = el => el.closest('pre, code, script, style, textarea, mjx-container, .math, .highlight, .MathJax, svg, .headerlink');
   const visible = el => { const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
     return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
