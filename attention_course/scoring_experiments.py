@@ -174,7 +174,7 @@ def _test_batch(task: str, config: RetrievalConfig, size: int = 1000) -> Batch:
     return TASKS[task](config, size, torch.Generator().manual_seed(99))  # the same for every run
 
 
-def held_out_accuracy(model: Retriever, task: str, size: int = 1000) -> float:
+def held_out_accuracy(model: Retriever | ProjectedRetriever, task: str, size: int = 1000) -> float:
     """Accuracy on ``size`` held-out examples (one fixed test set per task)."""
     key_tokens, value_tokens, queries, targets = _test_batch(task, model.config, size)
     with torch.no_grad():
@@ -183,7 +183,7 @@ def held_out_accuracy(model: Retriever, task: str, size: int = 1000) -> float:
 
 
 def train_retriever(
-    model: Retriever,
+    model: Retriever | ProjectedRetriever,
     task: str,
     steps: int,
     seed: int,

@@ -188,32 +188,32 @@ def make_stack(kind: str, depth: int, seed: int = 0) -> Callable[[torch.Tensor],
     if kind == "self-attention":
         attention = [MultiHeadAttention(E, 4) for _ in range(depth)]
 
-        def run(x):
+        def run_attention(x):
             for layer in attention:
                 x = layer(x, x, x, need_weights=False)[0]
             return x
 
-        return run
+        return run_attention
     if kind == "recurrent":
         rnns = [nn.RNN(E, E, batch_first=True) for _ in range(depth)]
 
-        def run(x):
+        def run_recurrent(x):
             for layer in rnns:
                 x = layer(x)[0]
             return x
 
-        return run
+        return run_recurrent
     dilated = kind.startswith("dilated")
     rates = [2**i if dilated else 1 for i in range(depth)]  # 1, 2, 4, ... or all 1
     convs = [nn.Conv1d(E, E, 3, padding=rate, dilation=rate) for rate in rates]
 
-    def run(x):
+    def run_convolution(x):
         x = x.transpose(1, 2)  # (1, E, n)
         for layer in convs:
             x = torch.tanh(layer(x))
         return x.transpose(1, 2)  # (1, n, E)
 
-    return run
+    return run_convolution
 
 
 def sensitivity(
