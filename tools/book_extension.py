@@ -8,6 +8,13 @@
 - It drops repeated ``<script>`` tags from every page: sphinx-thebe adds its inline configuration
   (``const THEBE_JS_URL = ...``) twice, and the second copy is a JavaScript error
   ("Identifier 'THEBE_JS_URL' has already been declared") on every page.
+- On pages with saved ipywidgets, it puts a small script between require.js and the widget
+  manager (``embed-amd.js``, vendored in ``book/_vendor/widgets``): (1) a require.js path that
+  resolves the manager's module to ``_static/widgets/``, where its icon fonts are (webpack
+  derives the fonts' address from the module's address; without this they are fetched from
+  ``<page folder>/@jupyter-widgets/html-manager/dist/`` and 404); (2) ``MathJax.Hub.Queue``, the
+  MathJax 2 call the manager makes to typeset labels, mapped onto the book's MathJax 3 (without
+  it every widget page logs "Cannot read properties of undefined (reading 'Queue')").
 - It registers the bibliography style ``authoryear`` (used by ``book/references.md``): entries
   sorted by first author and year, labelled "Bahdanau et al. 2014" like the author-year
   citations in the text (pybtex's default labels look like ``[BCB14]``).
@@ -44,7 +51,9 @@ def drop_repeated_scripts(app, pagename, templatename, context, doctree) -> None
             continue
         seen.add(key)
         unique.append(script)
-    context["script_files"] = unique
+    # In place: the list is the builder's own, and other handlers append page scripts to it
+    # (myst-nb's widget state and manager); a new list would lose them.
+    scripts[:] = unique
 
 
 def _last_name(person) -> str:
@@ -88,7 +97,48 @@ register_plugin("pybtex.style.labels", "authoryear", AuthorYearLabels)
 register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
 
 
+WIDGET_PAGE_JS = """
+require.config({paths: {"@jupyter-widgets/html-manager/dist": "%(widgets)s"}});
+(function () {
+  // ipywidgets' HTML manager typesets with MathJax 2's API; the book loads MathJax 3.
+  var hub = {Queue: function (command) {
+    var element = command && command[2];
+    if (element && window.MathJax && window.MathJax.typesetPromise) {
+      window.MathJax.typesetPromise([element]);
+    }
+  }};
+  var config = window.MathJax || {};
+  var startup = config.startup || {};
+  startup.ready = function () {
+    window.MathJax.startup.defaultReady();
+    window.MathJax.Hub = hub;
+  };
+  config.startup = startup;
+  config.Hub = hub;
+  window.MathJax = config;
+})();
+"""
+
+
+def widget_page_script(app, pagename, templatename, context, doctree) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    names = [str(getattr(script, "filename", "") or "") for script in scripts]
+    if not any(name.endswith("embed-amd.js") for name in names):
+        return
+    where = next((i for i, name in enumerate(names) if name.endswith("require.js")), None)
+    if where is None:
+        return
+    from sphinx.builders.html._assets import _JavaScript
+
+    widgets = context["pathto"]("_static/widgets", 1)
+    body = WIDGET_PAGE_JS % {"widgets": widgets}
+    scripts.insert(where + 1, _JavaScript("", priority=scripts[where].priority, body=body))
+
+
 def setup(app) -> dict:
     os.environ[QUIET_PROGRESS_ENV] = "1"
-    app.connect("html-page-context", drop_repeated_scripts, priority=100)
+    app.connect("html-page-context", drop_repeated_scripts, priority=900)
+    app.connect("html-page-context", widget_page_script, priority=910)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
