@@ -58,7 +58,7 @@ def use_course_style() -> None:
             "grid.alpha": 0.3,
             "axes.spines.top": False,
             "axes.spines.right": False,
-            "axes.prop_cycle": mpl.cycler(color=OKABE_ITO),
+            "axes.prop_cycle": mpl.cycler(color=SERIES_COLOURS),
             "image.cmap": HEATMAP_CMAP,
         }
     )

@@ -117,10 +117,25 @@ def test_learning_curves_and_accuracy_vs_length():
     plt.close("all")
 
 
+def _contrast_on_white(colour: str) -> float:
+    """WCAG contrast ratio of a colour against white (1 to 21)."""
+    rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    linear = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    luminance = float(linear @ [0.2126, 0.7152, 0.0722])
+    return 1.05 / (luminance + 0.05)
+
+
 def test_course_style_uses_colour_blind_safe_cycle():
     plots.use_course_style()
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    assert [c.lower() for c in colours] == [c.lower() for c in plots.OKABE_ITO]
+    colours = [c.lower() for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
+    okabe_ito = [c.lower() for c in plots.OKABE_ITO]
+    assert set(colours) <= set(okabe_ito), "series colours come from the Okabe-Ito palette"
+    # Orange (#E69F00, 2.25:1) and yellow (1.3:1) are too pale on white for a main series, and
+    # orange merges with vermillion under deuteranopia: neither is in the cycle.
+    assert "#e69f00" not in colours and "#f0e442" not in colours
+    assert _contrast_on_white("#E69F00") < 3 < _contrast_on_white("#D55E00")
+    # The first four series (most figures have no more) meet the 3:1 asked of graphics.
+    assert all(_contrast_on_white(c) >= 3 for c in colours[:4]), colours[:4]
 
 
 def test_progress_is_silent_when_the_book_build_or_tests_run_the_notebook(monkeypatch, capsys):
