@@ -471,9 +471,11 @@ class DateAlignment:
         ]
 
 
-def date_alignment(seed: int, steps: int = 200, progress: bool = True) -> DateAlignment:
+def date_alignment(
+    seed: int, steps: int = 200, batch_size: int = 64, progress: bool = True
+) -> DateAlignment:
     """Train :func:`train_date_model` and measure it on held-out dates (data seeds 1, 2, 3)."""
-    run = train_date_model(seed=seed, steps=steps, progress=progress)
+    run = train_date_model(seed=seed, steps=steps, batch_size=batch_size, progress=progress)
     model, task = run.model, run.task
     held_out = task.sample(1000, "test", seed=1)
     exact = date_exact_match(model, held_out)

@@ -809,7 +809,7 @@ class BudgetCurves:
 def budget_curves(
     seed: int,
     budgets: Sequence[int] = (500, 1000),
-    lengths: Sequence[int] = (5, 10, 15, 20, 25, 30),
+    lengths: Sequence[int] = (5, 8, 10, 12, 15, 20, 30),
     n: int = 256,
     recipe: CopyRecipe | None = None,
     start: TrainedCopyModel | None = None,
