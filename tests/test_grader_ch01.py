@@ -94,7 +94,7 @@ WRONG_STATE = [
     (state_masked_mean, "an average over time steps"),
     (state_mean, "an average over time steps"),
     (state_max, "a maximum over time steps"),
-    (state_all_pairs, "pair row b with its own length"),
+    (state_all_pairs, "read at ITS OWN last step"),
     (state_gather_keepdim, "drop the time axis"),
     (state_time_first, "batch first"),
     (state_numpy, "NumPy array"),

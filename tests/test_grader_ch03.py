@@ -367,10 +367,10 @@ def attention_across_batch(query, key, value, attn_mask=None):
 WRONG_ATTENTION = [
     (attention_no_scale, "1/sqrt(E)"),
     (attention_scale_by_e, "not 1/E"),
-    (attention_scale_by_value_width, "not the value width"),
+    (attention_scale_by_value_width, "not the width of the values"),
     (attention_scale_after, "before the softmax"),
     (attention_wrong_axis, "wrong axis"),
-    (attention_untransposed_key, "key.transpose(-2, -1)"),
+    (attention_untransposed_key, "last two axes swapped"),
     (attention_bmm, "torch.bmm takes only 3-D"),
     (attention_transpose_1_2, "negative axes"),
     (attention_flipped_mask, "polarity is flipped"),

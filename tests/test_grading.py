@@ -4,10 +4,12 @@ question module found in the package is well formed (its reference scores full m
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,8 @@ from attention_course.grading import core as grading_core
 from attention_course.grading._codec import Opaque, decode, encode
 from attention_course.grading.judges import expect_close, expect_tensor, expect_unchanged
 from attention_course.grading.registry import import_errors, question_modules
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 SOFTMAX = "ch03.masked_softmax"
 
@@ -370,3 +374,52 @@ def test_the_time_limit_works_inside_a_jupyter_kernel():
     report = nb.cells[1].outputs[0]["text"]
     assert "timed out after 2 s" in report and "Score: 0/9" in report
     assert nb.cells[2].outputs[0]["text"].strip() == "0.0 9.0"
+
+
+def _solution_lines_and_stub_hints():
+    """Code lines inside the solution blocks of solutions/*.ipynb, and their stub hints."""
+    lines, stubs = [], []
+    for path in sorted((ROOT_DIR / "solutions").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            inside = False
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            for line in source.splitlines():
+                if "### BEGIN SOLUTION" in line:
+                    inside, hint = True, re.search(r"hint:\s*(.*)", line)
+                    if hint:
+                        stubs.append((f"stub hint in {path.name}", hint.group(1)))
+                elif "### END SOLUTION" in line:
+                    inside = False
+                elif inside and line.split("#")[0].strip():
+                    lines.append(line.split("#")[0].strip())
+    return lines, stubs
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text).replace('"', "'")
+
+
+def test_no_hint_contains_a_solution_line():
+    """Hints are a first nudge that names the mistake: neither a grader hint (shared hints, the
+    question modules' texts, error hints) nor a stub hint holds a line of a solution, or the
+    right-hand side of one (lines of 12 characters or more, spaces and quotes ignored)."""
+    lines, hints = _solution_lines_and_stub_hints()
+    modules = [importlib.import_module("attention_course.grading.hints")]
+    for name in question_modules():
+        if name not in import_errors():  # a broken module fails its own test above
+            modules.append(importlib.import_module(name))
+    for module in modules:
+        hints += [(f"{module.__name__}.{k}", v) for k, v in vars(module).items()
+                  if k.isupper() and isinstance(v, str)]  # fmt: skip
+        for question in getattr(module, "QUESTIONS", []):
+            hints += [(f"{question.id} error hint", text) for _, text in question.error_hints]
+    fragments = set()
+    for line in lines:
+        fragments.add(_squash(line))
+        if re.match(r"^[\w, ]+=[^=]", line):
+            fragments.add(_squash(line.split("=", 1)[1]))
+    fragments = {f for f in fragments if len(f) >= 12}
+    leaks = [(name, f) for name, text in hints for f in fragments if f in _squash(text)]
+    assert not leaks, leaks

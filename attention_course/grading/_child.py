@@ -109,6 +109,11 @@ def main(job_path: str, scratch: str) -> int:
             ]
         _write(work / f"answers_{index}.bin", outcomes)
         _write(work / "report.bin", report)
+    import resource
+
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    report["cpu"] = sum(u.ru_utime + u.ru_stime for u in usage)  # for the instructor's timing
+    _write(work / "report.bin", report)
     return 0
 
 

@@ -72,6 +72,7 @@ class Submission:
     error: str = ""  # why the submission could not be graded at all ("" if it could)
     notes: list[str] = field(default_factory=list)  # cell errors, time-outs, warnings
     seconds: float = 0.0  # wall time to grade it
+    child_cpu: float | None = None  # CPU seconds the child reported (diagnostics only)
     log: bytes = b""
 
     @property
@@ -426,6 +427,8 @@ def _grade_one(data: bytes | None, read_error: str, sub: Submission, cfg: _Confi
         return
     found = _run_child(sub, cells, plan, cfg, slot)
     report = found["report"]
+    cpu = report.get("cpu")
+    sub.child_cpu = float(cpu) if type(cpu) in (int, float) and 0 <= cpu < 1e6 else None
     errors = report.get("cell_errors", [])
     for error in errors[:20] if isinstance(errors, list) else []:
         if isinstance(error, dict):

@@ -20,7 +20,7 @@ FLIPPED = (
 )
 ZERO_ONE = (
     "a boolean mask is not a 0/1 bias to add: masked keys need a score of -inf before the "
-    "softmax, e.g. scores.masked_fill(~mask, float('-inf'))"
+    "softmax, so that exp gives them exactly 0"
 )
 MULTIPLIED = (
     "multiplying the scores by the mask sets masked scores to 0, and exp(0) = 1 is not zero "
@@ -54,12 +54,15 @@ INVERT_FLOAT = (
     "`~` only works on a boolean mask; a float mask is a bias to add to the scores "
     "(check mask.dtype == torch.bool)"
 )
-NO_SCALE = "scale the scores by 1/sqrt(E), with E = query.shape[-1], before the softmax"
+NO_SCALE = (
+    "scale the scores by 1/sqrt(E), E the width of a query (its last axis), before the softmax"
+)
 SCALE_E = "the scaling is 1/sqrt(E), not 1/E"
-SCALE_EV = "scale by the query/key width E = query.shape[-1], not the value width"
+SCALE_EV = "scale by the width E of the queries and keys, not the width of the values"
 SCALE_AFTER = "scale the scores before the softmax, not the weights after it"
 TRANSPOSED_KEY = (
-    "the scores are query @ key.transpose(-2, -1): (..., L, E) @ (..., E, S) -> (..., L, S)"
+    "the scores pair every query with every key: (..., L, E) times the keys with their last two "
+    "axes swapped, (..., E, S), gives (..., L, S)"
 )
 MASK_BEFORE_SCALE = (
     "add a float mask to the scores after dividing them by sqrt(E), as "

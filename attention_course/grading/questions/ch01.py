@@ -44,8 +44,8 @@ TIME_AVERAGE = (
 TIME_MAX = "that is a maximum over time steps, not the state at the last real step"
 TIME_FIRST = "`outputs` is batch first, (B, S, H): index it as outputs[b, t], not outputs[t, b]"
 ALL_PAIRS = (
-    "outputs[:, lengths - 1] reads every sequence at every length, (B, B, H): pair row b with "
-    "its own length, outputs[torch.arange(B), lengths - 1]"
+    "outputs[:, lengths - 1] reads every sequence at every length, (B, B, H): row b must be "
+    "read at ITS OWN last step, so pair each batch index with its own length"
 )
 KEPT_TIME_AXIS = "return (B, H): drop the time axis (e.g. .squeeze(1) after gather)"
 INDEX_RANGE = (
@@ -95,8 +95,8 @@ GRAD_RELATIVE = "return the raw norms, not divided by the value at the last posi
 GRAD_PER_SEQUENCE = "average over the batch: return one value per position, shape (S,)"
 GRAD_PER_FEATURE = "take the norm over the feature axis E: return one value per position, (S,)"
 GRAD_NONE = (
-    "the gradient is None: make the inputs a leaf that requires grad "
-    "(x = inputs.detach().clone().requires_grad_(True)) BEFORE running the rnn on it"
+    "the gradient is None: differentiate with respect to a leaf that requires grad, made from "
+    "the inputs (a detached copy) BEFORE the rnn runs on it"
 )
 GRAD_NO_GRAPH = (
     "the loss has no gradient: run the rnn on a copy of the inputs that requires grad, and "

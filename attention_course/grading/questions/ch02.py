@@ -30,14 +30,15 @@ NO_TANH = "apply tanh to W_a s_{i-1} + U_a h_j before the product with v_a"
 TANH_OUTSIDE = "tanh goes inside, around W_a s_{i-1} + U_a h_j, not around the product with v_a"
 WRONG_BROADCAST = (
     "W_a s_{i-1} is one vector per sequence: add it to every source position as (B, 1, A) "
-    "(prev_state @ W_a.T, then unsqueeze(1)); as (B, A) it broadcasts over the wrong axis"
+    "(a new axis at position 1); as (B, A) it broadcasts over the wrong axis"
 )
 W_LAYOUT = (
-    "W_a has nn.Linear's layout (A, H): W_a s_{i-1} for a batch of rows is prev_state @ W_a.T"
+    "W_a has nn.Linear's layout (A, H): applied to a batch of ROW vectors (B, H) it is "
+    "multiplied from the right by its transpose"
 )
 NOT_MASKED = (
     "padding is not masked: positions where mask is False must get a score of -inf "
-    "(scores.masked_fill(~mask, float('-inf')))"
+    "before the softmax"
 )
 FLIPPED = "the mask polarity is flipped: True means a real token that MAY be attended"
 FINITE_FILL = (

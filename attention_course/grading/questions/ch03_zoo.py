@@ -50,15 +50,15 @@ GENERAL_TRANSPOSED_W = "the general score is q^T W k = query @ W @ keys^T, not q
 GENERAL_NO_W = "that is the dot score q^T k: the general score puts the learned W in between"
 GENERAL_SCALED = "the general score has no 1/sqrt(d): Luong's q^T W k is not scaled"
 SCALE_D_MODEL = (
-    "divide by sqrt(d) with d = E // num_heads, the width of ONE head, not by sqrt(E): each "
+    "divide by sqrt(d), d the width of ONE head (E split over the heads), not by sqrt(E): each "
     "head's dot product sums d terms"
 )
-NO_SCALE = "scale each head's scores by 1/sqrt(d), d = E // num_heads, before the softmax"
+NO_SCALE = "scale each head's scores by 1/sqrt(d), d the width of one head, before the softmax"
 SCALE_D = "the scaling is 1/sqrt(d), not 1/d"
 SCALE_AFTER = "divide the scores by sqrt(d) before the softmax, not the weights after it"
 BAD_SPLIT = (
     "split the last axis into heads, then move the head axis forward: "
-    "query.reshape(B, L, h, d).transpose(1, 2) -> (B, h, L, d); reshaping (B, L, E) straight "
+    "(B, L, E) -> (B, L, h, d) -> (B, h, L, d); reshaping (B, L, E) straight "
     "to (B, h, L, d) mixes positions"
 )
 INTERLEAVED = (
@@ -72,7 +72,7 @@ FLIPPED = (
 )
 ZERO_ONE = (
     "a boolean mask is not a 0/1 bias to add: masked keys need a score of -inf before the "
-    "softmax, e.g. scores.masked_fill(~mask, float('-inf'))"
+    "softmax, so that exp gives them exactly 0"
 )
 MASK_AFTER = "mask the scores before the softmax; masking the weights after it breaks the sums"
 NAN_EMPTY = (
@@ -118,8 +118,8 @@ MC_TOO_FEW = (
     "WITH replacement (replacement=True)"
 )
 MC_GENERATOR = (
-    "the same seeded `generator` must give the same estimate: pass generator=generator to "
-    "torch.multinomial (or torch.rand)"
+    "the same seeded `generator` must give the same estimate: every random draw must take "
+    "the `generator` argument"
 )
 MC_ONE_VALUE = (
     "with num_samples=1 the estimate is hard attention: exactly one value vector of the same "
@@ -505,7 +505,10 @@ MULTIHEAD_WEIGHTS = Question(
     error_hints=(
         (
             r"invalid for input of size|shape '\[",
-            ("reshape (B, L, E) to (B, L, num_heads, E // num_heads), then transpose(1, 2)"),
+            (
+                "cut E into num_heads blocks of width d (heads next to d), then move the head "
+                "axis before L"
+            ),
         ),
         (
             r"must match the size|broadcast|doesn't match",
@@ -852,7 +855,7 @@ MONTE_CARLO_CONTEXT = Question(
     error_hints=(
         (
             r"cannot sample n_sample > prob_dist|without replacement",
-            ("draw the positions with replacement: torch.multinomial(..., replacement=True)"),
+            ("draw the positions WITH replacement: num_samples may exceed the number of keys"),
         ),
         (
             r"prob_dist must be 1 or 2 dim",
