@@ -491,6 +491,14 @@ class RecallModel(nn.Module):
             context = linear_attention(query, keys, values)  # (B, L, d)
         return self.readout(context)  # (B, L, num_values) logits
 
+    def weights(self, key_tokens: Tensor, queries: Tensor) -> Tensor:
+        """The attention weights ``(B, L, S)`` that ``forward`` averages the values with."""
+        keys = self.k_proj(self.key_embedding(key_tokens))  # (B, S, d)
+        query = self.q_proj(self.key_embedding(queries))  # (B, L, d)
+        if self.kind == "softmax":
+            return torch.softmax(query @ keys.transpose(-2, -1) / math.sqrt(keys.shape[-1]), -1)
+        return kernel_attention(query, keys, keys)[1]  # phi(q)^T phi(k), row-normalised
+
 
 @dataclass
 class RecallComparison:
@@ -498,6 +506,7 @@ class RecallComparison:
 
     seeds: list[int]
     accuracy: dict[str, list[float]]  # "softmax" / "linear" -> test accuracy per seed
+    weight_on_answer: dict[str, list[float]]  # mean attention weight on the asked key, per seed
     parameters: int  # the same for both kinds
     chance: float  # 1 / num_values: a guess among the value tokens
     num_pairs: int  # S
@@ -519,6 +528,7 @@ def recall_softmax_vs_linear(
     """Train a softmax and a linear ``RecallModel`` per seed (Adam, ``steps`` batches), then
     measure accuracy on ``test_size`` fresh sources. Same data, initial weights and steps."""
     accuracy = {"softmax": [], "linear": []}
+    weight_on_answer = {"softmax": [], "linear": []}
     sizes = dict(num_pairs=num_pairs, num_keys=num_keys, num_values=num_values)
     for seed in seeds:
         for kind in accuracy:
@@ -541,10 +551,20 @@ def recall_softmax_vs_linear(
             )
             with torch.no_grad():
                 predicted = model(key_tokens, value_tokens, queries).argmax(-1)  # (B, L)
+                weights = model.weights(key_tokens, queries)  # (B, L, S)
             accuracy[kind].append((predicted == targets).float().mean().item())
+            asked = queries.unsqueeze(-1) == key_tokens.unsqueeze(-2)  # (B, L, S): one True a row
+            weight_on_answer[kind].append(weights[asked].mean().item())
     parameters = sum(p.numel() for p in model.parameters())
     return RecallComparison(
-        list(seeds), accuracy, parameters, 1.0 / num_values, num_pairs, num_keys, width
+        list(seeds),
+        accuracy,
+        weight_on_answer,
+        parameters,
+        1.0 / num_values,
+        num_pairs,
+        num_keys,
+        width,
     )
 
 
