@@ -98,7 +98,10 @@ register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle)
 
 
 WIDGET_PAGE_JS = """
-require.config({paths: {"@jupyter-widgets/html-manager/dist": "%(widgets)s"}});
+require.config({paths: {
+  "@jupyter-widgets/html-manager/dist": "%(widgets)s",
+  "@jupyter-widgets": "%(widgets)s"
+}});
 (function () {
   // ipywidgets' HTML manager typesets with MathJax 2's API; the book loads MathJax 3.
   var hub = {Queue: function (command) {

@@ -32,7 +32,7 @@ checkBook.inspectPage = () => {
   const out = {rawTex: [], plainMaths: [], images: [], progress: [], blankOutputs: [],
                widgets: [], links: [], duplicates: [], overflow: []};
   // The page's own content (the theme's header, sidebars and launch-button logos are not).
-  const article = document.querySelector('article.bd-article, main') || document.body;
+  const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
   const skip = el => el.closest('pre, code, script, style, textarea, mjx-container, .math, .highlight, .MathJax, svg, .headerlink');
   const visible = el => { const r = el.getBoundingClientRect(); const s = getComputedStyle(el);
     return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.display !== 'none'; };
@@ -80,7 +80,7 @@ checkBook.inspectPage = () => {
     if (!rendered || !visible(rendered)) out.widgets.push(where(s));
   }
   // Content wider than the text column (cut off, or a scrollbar a reader must find).
-  for (const el of article.querySelectorAll('.cell_output pre, .cell_output table, article table')) {
+  for (const el of article.querySelectorAll('.cell_output pre, .cell_input pre, .cell_output table, article table')) {
     if (el.scrollWidth > el.clientWidth + 4 && visible(el))
       out.overflow.push(where(el) + ` ${el.tagName.toLowerCase()} ${el.scrollWidth} px in ${el.clientWidth} px`);
   }
