@@ -491,3 +491,39 @@ def test_attention_hints_name_the_right_mistake():
     messages = " ".join(t.message for t in result.tests if not t.passed)
     assert result.score < result.max_score and "over the wrong axis" not in messages
     assert "no dropout" in messages
+
+
+def test_false_passes_of_the_old_graders_now_lose_points():
+    """Answers written independently of the catalogue that used to get full marks."""
+    from graderkit import assert_caught
+
+    from attention_course.attention import masked_softmax as ref_softmax
+    from attention_course.attention import scaled_dot_product_attention as reference
+
+    def float_mask_nan(scores, mask=None, dim=-1):
+        if mask is not None and mask.dtype != torch.bool:
+            return torch.softmax(scores + mask, dim=dim)  # NaN on an all -inf row
+        return ref_softmax(scores, mask, dim)
+
+    def edits_mask(scores, mask=None, dim=-1):
+        out = ref_softmax(scores, mask, dim)
+        if mask is not None and mask.dtype == torch.bool:
+            mask.logical_not_().logical_not_()[..., :1] = True
+        return out
+
+    def no_grad(query, key, value, attn_mask=None):
+        with torch.no_grad():
+            return reference(query, key, value, attn_mask)
+
+    def squeezes(query, key, value, attn_mask=None):
+        output, weights = reference(query, key, value, attn_mask)
+        return output.squeeze(), weights.squeeze()
+
+    def leaves_requires_grad(scores, mask=None, dim=-1):
+        return ref_softmax(scores.requires_grad_(), mask, dim)
+
+    assert_caught(SOFTMAX, float_mask_nan, "NaN")
+    assert_caught(SOFTMAX, edits_mask, "changed its input `mask` in place")
+    assert_caught(SOFTMAX, leaves_requires_grad, "requires_grad")
+    assert_caught(ATTENTION, no_grad, "no gradient reaches")
+    assert_caught(ATTENTION, squeezes, "squeeze")

@@ -17,7 +17,7 @@ from attention_course.attention.core import (
     scaled_dot_product_attention as reference_attention,
 )
 
-from ..core import Question, Test, call_args
+from ..core import Question, Test, call_args, grad_args
 from ..hints import (
     ANY_LEADING_DIMS,
     BROADCAST,
@@ -34,6 +34,7 @@ from ..inputs import bool_mask as _bool_mask
 from ..inputs import float_mask as _float_mask
 from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
+from ..kit import grad_test
 from ..models import attention_mistakes, softmax_mistakes
 
 NEG_INF = float("-inf")
@@ -107,6 +108,15 @@ def _softmax_empty_inputs(g):
     return [
         call_args(_randn(g, 2, 5, 7), _bool_mask(g, 2, 5, 7, empty_rows=3), -1),
         call_args(_randn(g, 4, 6), _bool_mask(g, 4, 6, empty_rows=1), -1),
+        call_args(_randn(g, 3, 5), _float_mask(g, 3, 5, empty_rows=1), -1),  # all -inf row
+    ]
+
+
+def _softmax_grad_inputs(g):
+    return [
+        grad_args(_randn(g, 2, 4, 6), _bool_mask(g, 2, 4, 6), -1, wrt=[0]),
+        grad_args(_randn(g, 1, 1, 5), None, -1, wrt=[0]),
+        grad_args(_randn(g, 3, 5), _float_mask(g, 3, 5), -1, wrt=[0]),
     ]
 
 
@@ -180,6 +190,7 @@ MASKED_SOFTMAX = Question(
             functools.partial(_judge_softmax, exact_zero=True),
         ),
         Test("does not change its inputs", _softmax_unchanged_inputs, _judge_softmax_unchanged),
+        grad_test("gradients flow back to the scores", _softmax_grad_inputs, ("scores",)),
     ),
 )
 
@@ -252,6 +263,15 @@ def _attention_shape_inputs(g):
     return [
         call_args(*_qkv(g, 2, L=5, S=7, E=4, Ev=3)),
         call_args(*_qkv(g, 3, L=1, S=6, E=8, Ev=2)),
+        call_args(*_qkv(g, 1, L=4, S=1, E=3, Ev=2)),  # B = 1, S = 1: no axis may vanish
+        call_args(*_qkv(g, 1, L=1, S=1, E=1, Ev=1), _bool_mask(g, 1, 1, 1)),
+    ]
+
+
+def _attention_grad_inputs(g):
+    return [
+        grad_args(*_qkv(g, 2, L=3, S=5, E=4, Ev=3), _bool_mask(g, 2, 3, 5), wrt=[0, 1, 2]),
+        grad_args(*_qkv(g, 1, L=1, S=4, E=2, Ev=2), wrt=[0, 1, 2]),
     ]
 
 
@@ -383,6 +403,11 @@ SCALED_DOT_PRODUCT_ATTENTION = Question(
             functools.partial(_judge_attention, nan_hint=OVERFLOW),
         ),
         Test("does not change its inputs", _attention_unchanged_inputs, _judge_attention_unchanged),
+        grad_test(
+            "gradients flow back to query, key and value",
+            _attention_grad_inputs,
+            ("query", "key", "value", "attn_mask"),
+        ),
     ),
 )
 
