@@ -374,7 +374,7 @@ def test_the_time_limit_works_inside_a_jupyter_kernel():
     nbclient.NotebookClient(nb, timeout=60).execute()
     report = nb.cells[1].outputs[0]["text"]
     assert "timed out after 2 s" in report and "Score: 0/10" in report
-    assert nb.cells[2].outputs[0]["text"].strip() == "0.0 9.0"
+    assert nb.cells[2].outputs[0]["text"].strip() == "0.0 10.0"
 
 
 def _solution_lines_and_stub_hints():
