@@ -24,6 +24,15 @@ from attention_course.attention.scoring import (
 )
 
 from ..core import Question, Test, call_args
+from ..hints import (
+    FLIPPED,
+    MASK_AFTER,
+    NAN_EMPTY,
+    NOT_EXACT_ZERO,
+    OVERFLOW,
+    UNIFORM_EMPTY,
+    ZERO_ONE,
+)
 from ..inputs import bool_mask as _bool_mask
 from ..inputs import randn as _randn
 from ..judges import Fail, expect_close, expect_sequence, expect_tensor, expect_unchanged
@@ -66,27 +75,6 @@ INTERLEAVED = (
     "not (B, L, d, h)"
 )
 WRONG_AXIS = "normalise over the keys (the last axis, S): each query's weights must sum to 1"
-FLIPPED = (
-    "the mask polarity is flipped: True means the query MAY attend to that key "
-    "(the F.scaled_dot_product_attention convention)"
-)
-ZERO_ONE = (
-    "a boolean mask is not a 0/1 bias to add: masked keys need a score of -inf before the "
-    "softmax, so that exp gives them exactly 0"
-)
-MASK_AFTER = "mask the scores before the softmax; masking the weights after it breaks the sums"
-NAN_EMPTY = (
-    "a query with no allowed key gives exp(-inf) / 0 = NaN: its weights must be all zeros "
-    "(e.g. torch.nan_to_num, or torch.where on the row sum)"
-)
-UNIFORM_EMPTY = (
-    "a finite fill such as -1e9 makes a fully masked row uniform; such a row must be all zeros"
-)
-OVERFLOW = (
-    "exp overflows for large scores: subtract each row's maximum before exp (or use "
-    "torch.softmax, which does)"
-)
-NOT_EXACT_ZERO = "masked keys must get exactly zero weight: fill their scores with -inf"
 ENTROPY_BITS = "use the natural logarithm (nats, torch.log), not log2 (bits)"
 ENTROPY_SIGN = "entropy is -sum p log p: a minus sign is missing (it must be >= 0)"
 ENTROPY_AXIS = "sum over the keys (the last axis), one entropy per query row"
