@@ -249,7 +249,7 @@ def _kill_uid(uid: int | None) -> int:
 
 
 _LIVE: set[int] = set()  # pids of the children this process is running right now
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()
 
 
 def _become_subreaper() -> bool:
@@ -269,7 +269,12 @@ def _kill_orphans() -> int:
     submission started that outlived it (reparented here by the subreaper flag)."""
     if not os.path.isdir("/proc"):
         return 0
-    me, killed = os.getpid(), 0
+    with _LIVE_LOCK:  # no child is spawned while we sweep
+        return _sweep(os.getpid())
+
+
+def _sweep(me: int) -> int:
+    killed = 0
     for _ in range(5):
         found = 0
         for entry in os.listdir("/proc"):
@@ -280,9 +285,7 @@ def _kill_orphans() -> int:
                     ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            with _LIVE_LOCK:
-                ours = int(entry) in _LIVE
-            if ppid == me and not ours:
+            if ppid == me and int(entry) not in _LIVE:
                 with contextlib.suppress(OSError):
                     os.kill(int(entry), signal.SIGKILL)
                     with contextlib.suppress(ChildProcessError):
@@ -352,17 +355,17 @@ def _run_child(sub: Submission, cells: list[str], plan, cfg: _Config, slot: int)
     boot = {"rlimits": limits.rlimits(), "root": PACKAGE_ROOT, "uid": uid}
     argv = cfg.sandbox.command(boot, job=str(job_path), scratch=str(scratch))
     try:
-        process = subprocess.Popen(
-            argv,
-            cwd=str(scratch) if cfg.sandbox.kind != "bwrap" else "/",
-            env=cfg.sandbox.environment(str(scratch)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
-        with _LIVE_LOCK:
+        with _LIVE_LOCK:  # no orphan sweep between the spawn and the registration
+            process = subprocess.Popen(
+                argv,
+                cwd=str(scratch) if cfg.sandbox.kind != "bwrap" else "/",
+                env=cfg.sandbox.environment(str(scratch)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
             _LIVE.add(process.pid)
         drain = _Drain(process.stdout)
         drain.start()
