@@ -58,7 +58,8 @@ checkBook.inspectPage = () => {
     const info = {src: name, alt: alt, where: where(img),
                   natural: img.naturalWidth, shown: img.getBoundingClientRect().width,
                   complete: img.complete, caption: !!(fig && fig.querySelector('figcaption')),
-                  logo: !!img.closest('.navbar-brand, .logo, header, nav')};
+                  logo: !!img.closest('.navbar-brand, .logo, header, nav'),
+                  widget: !!img.closest('.jupyter-widgets, .lm-Widget, .widget-output')};
     out.images.push(info);
     if (!info.logo && src) { seen[src] = (seen[src] || 0) + 1; if (seen[src] === 2) out.duplicates.push(name + ' ' + where(img)); }
   }
