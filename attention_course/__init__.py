@@ -8,6 +8,7 @@ Submodules (import them by name; their names are permanent, later chapters rely 
 - ``attention_course.plots``     attention heatmaps, learning curves, accuracy-vs-length curves
 - ``attention_course.utils``     seeding, device choice, a small training loop, parameter counts
 - ``attention_course.attention`` attention functions and layers, checked against PyTorch
+- ``attention_course.versus``    attention vs self-attention, each claim one measurement (chapter 6)
 - ``attention_course.grading``   ``check(...)`` for students, batch grading for instructors
 """
 
