@@ -9,6 +9,8 @@ Submodules (import them by name; their names are permanent, later chapters rely 
 - ``attention_course.utils``     seeding, device choice, a small training loop, parameter counts
 - ``attention_course.attention`` attention functions and layers, checked against PyTorch
 - ``attention_course.versus``    attention vs self-attention, each claim one measurement (chapter 6)
+- ``attention_course.vision``    attention inside CNNs: SE, CBAM, non-local, conv as attention, ViT;
+  scikit-learn's 8x8 digits (chapter 7)
 - ``attention_course.grading``   ``check(...)`` for students, batch grading for instructors
 """
 
