@@ -8,7 +8,8 @@ encoder state h_j and, before each output step i, reads a fresh context from the
     c_i    = sum_j alpha_ij h_j                   the context (eq. 5)
 
 ``U h_j`` does not depend on i, so it is computed once per source sequence (the paper's
-appendix says so too) and reused at every decoder step: :meth:`AdditiveAttention.precompute`.
+appendix says so too) and reused at every decoder step:
+:meth:`StepwiseAdditiveAttention.precompute`.
 
 Shapes (the book's legend, PyTorch's names in brackets): B batch [N], S source length [S],
 Q query width (the decoder state, H), K key width (an encoder state, 2 x the encoder's H for a
@@ -17,7 +18,7 @@ bidirectional encoder), A the attention width.
 Masks follow the course convention (``F.scaled_dot_product_attention``'s): boolean, True = the
 decoder MAY attend to that source position, False = padding that gets weight exactly 0.
 
-Contents: :class:`AdditiveAttention` and :class:`BahdanauDecoder` (the model, a subclass of
+Contents: :class:`StepwiseAdditiveAttention` and :class:`BahdanauDecoder` (the model, a subclass of
 ``seq2seq.Decoder`` overriding its ``context`` and ``prepare`` hooks); :func:`compare_on_copy`
 (the paper's Fig. 2 in miniature, through chapter 1's training and evaluation functions);
 :func:`train_date_model`, :func:`field_attention_share`, :func:`date_exact_match` and
@@ -57,6 +58,7 @@ from .utils import History
 __all__ = [
     "AdditiveAttention",
     "BahdanauDecoder",
+    "StepwiseAdditiveAttention",
     "CopyComparison",
     "TrainedDateModel",
     "compare_on_copy",
@@ -67,12 +69,13 @@ __all__ = [
 ]
 
 
-class AdditiveAttention(nn.Module):
+class StepwiseAdditiveAttention(nn.Module):
     """Additive attention: e_ij = v^T tanh(W s_{i-1} + U h_j), then c_i = sum_j alpha_ij h_j.
 
-    One decoder query per call (the decoder runs step by step), many source keys. The same
-    scoring function, for many queries at once, is ``attention_course.attention.AdditiveAttention``
-    (chapter 3's scoring zoo); the tests check that the two agree.
+    STEP-WISE: one decoder query per call (the decoder runs step by step), many source keys, and
+    U h_j precomputed once per sequence. The same score for many queries at once is chapter 3's
+    ``attention_course.attention.AdditiveScoredAttention``; the tests check that the two agree.
+    ``AdditiveAttention`` is this class's first name, kept working.
     """
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int):
@@ -122,17 +125,23 @@ class AdditiveAttention(nn.Module):
         return context, weights
 
 
+AdditiveAttention = StepwiseAdditiveAttention  # chapter 2's first name for it, kept working
+
+
 class BahdanauDecoder(Decoder):
     """RNNsearch's decoder: chapter 1's decoder with ONE hook changed, :meth:`context`.
 
     Instead of the fixed summary, c_i is read from every encoder state with
-    :class:`AdditiveAttention`, queried by the previous decoder state s_{i-1}. :meth:`prepare`
-    computes U h_j once per source batch. Masks: True = the source position MAY be attended.
+    :class:`StepwiseAdditiveAttention`, queried by the previous decoder state s_{i-1}.
+    :meth:`prepare` computes U h_j once per source batch. Masks: True = the source position MAY
+    be attended.
     """
 
     def __init__(self, config: Seq2SeqConfig):
         super().__init__(config)
-        self.attention = AdditiveAttention(config.dec_hidden, config.enc_dim, config.attn_dim)
+        self.attention = StepwiseAdditiveAttention(
+            config.dec_hidden, config.enc_dim, config.attn_dim
+        )
 
     def prepare(self, enc: EncoderOutput) -> EncoderOutput:
         """Cache U h_j for the whole decoding loop: ``enc.keys`` (B, S, A)."""

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from attention_course.attention import AdditiveAttention as ZooAdditiveAttention
-from attention_course.bahdanau import AdditiveAttention, BahdanauDecoder
+from attention_course.bahdanau import BahdanauDecoder
+from attention_course.bahdanau import StepwiseAdditiveAttention as AdditiveAttention
 
 B, S, Q, K, A = 3, 7, 5, 6, 4
 
