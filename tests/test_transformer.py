@@ -15,7 +15,9 @@ from attention_course.transformer import (
     LayerCache,
     Transformer,
     TransformerConfig,
+    gradient_norms_at_init,
     lower_right_causal_mask,
+    race_on_copy,
 )
 
 E, H, F_DIM = 12, 3, 20
@@ -168,3 +170,29 @@ def test_decoder_only_padding_and_causality():
     torch.testing.assert_close(logits, short)  # padding inside the sequence changes nothing
     prefix, _ = model(src, torch.tensor([3]), tgt_in[:, :2])
     torch.testing.assert_close(logits[:, :2], prefix)  # causal: the future changes nothing
+
+
+# --------------------------------------------------------------------------- chapter 5's claims
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_pre_norm_vs_post_norm_gradients_at_init(seed):
+    """Notebook 05's claims at two more seeds (thresholds from a 20-seed sweep)."""
+    grads = gradient_norms_at_init(seed=seed)
+    assert grads.post_norm[-1] / grads.pre_norm[-1] > 1.5
+    assert grads.pre_ratio < 0.6
+    assert all(a > b for a, b in zip(grads.post_norm[-4:], grads.pre_norm[-4:]))
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_copy_race_claims(seed):
+    """Notebook 05's race at two more seeds, through the same function (about 1 min CPU each)."""
+    lengths = [5, 10, 20, 30, 40, 45, 50]
+    race = race_on_copy(seed, lengths=lengths, n=128, progress=False)
+    T_seq = race.transformer_curve.sequence_accuracy
+    B_seq = race.bahdanau_curve.sequence_accuracy
+    assert min(T_seq[:4]) >= 0.85, T_seq
+    assert max(T_seq[5], T_seq[6]) <= 0.05, T_seq
+    assert T_seq[5] <= B_seq[5], (T_seq, B_seq)
+    assert 0.7 < race.transformer_params / race.bahdanau_params < 1.3
+    assert race.time_ratio() > 1.0, race.time_ratio()
