@@ -256,7 +256,9 @@ PAGE_JS = (Path(__file__).with_name("check_book.js")).read_text(encoding="utf-8"
 def meaningful_alt(alt: str, src: str) -> bool:
     if len(alt.split()) < 3:
         return False
-    looks_like_a_file = re.search(r"\.(png|jpe?g|svg|gif)\b|/|\b[0-9a-f]{16,}\b", alt, re.I)
+    looks_like_a_file = re.fullmatch(
+        r"\S*\.(png|jpe?g|svg|gif)|\S*/\S*|[0-9a-f]{16,}|image|figure|plot", alt, re.I
+    )
     return not looks_like_a_file and alt != src
 
 
