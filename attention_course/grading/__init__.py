@@ -13,8 +13,14 @@ mutated input or a time-out (2 s per call) fails that test with a hint. It retur
 
 For instructors (see book/for_instructors.md)::
 
-    python -m attention_course.grading submissions/*.ipynb --out grading-out
+    python -m attention_course.grading submissions/ --questions ch03 --out grading-out
+    python -m attention_course.grading gradescope --questions ch03 --out autograder.zip
     python -m attention_course.grading.generate          # exercises/ from solutions/
+
+Batch grading runs each notebook in a bubblewrap sandbox (``sandbox``) and treats what it
+returns as hostile (``batch``). New questions are best written with the declarative kit
+(``kit``: test builders, ``hints``, the mistake ``models``); ``tests/test_grading_kit.py`` is a
+complete example. The lower-level recipe below still works.
 
 How to define a question (``questions/ch03.py`` is the worked example)
 -------------------------------------------------------------------
