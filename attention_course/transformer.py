@@ -50,7 +50,7 @@ from .attention.multihead import (
     sinusoidal_positions,
     split_heads,
 )
-from .bahdanau import BahdanauDecoder, TrainedDateModel
+from .bahdanau import BahdanauDecoder, TrainedDateModel, date_exact_match, train_date_model
 from .data import DateTask
 from .seq2seq import (
     CopyRecipe,
@@ -70,6 +70,7 @@ __all__ = [
     "AttentionMaps",
     "CacheTiming",
     "CopyRace",
+    "DateComparison",
     "DecoderLayer",
     "DecoderOnly",
     "EncoderLayer",
@@ -80,6 +81,7 @@ __all__ = [
     "TransformerConfig",
     "cache_speedup",
     "cached_attention",
+    "compare_on_dates",
     "copy_batches",
     "gradient_norms_at_init",
     "lower_right_causal_mask",
@@ -1006,3 +1008,44 @@ def cache_speedup(
         full.append(float(np.median(times[False])))
         identical.append(bool(torch.equal(outputs[True], outputs[False])))
     return CacheTiming([int(x) for x in lengths], cached, full, identical)
+
+
+# --------------------------------------------------------------------------- dates and an ablation
+
+
+@dataclass
+class DateComparison:
+    """Chapter 2's date model, the Transformer, and the Transformer without positions."""
+
+    bahdanau: TrainedDateModel
+    transformer: TrainedDateModel
+    no_positions: TrainedDateModel  # the same Transformer with positions="none"
+    exact: dict[str, float]  # exact match on the same held-out test dates, per model
+    params: dict[str, int]
+    cpu_seconds: dict[str, float]  # CPU seconds of each training run
+
+
+def compare_on_dates(
+    seed: int = 0, steps: int = 200, n_test: int = 1000, progress: bool = True
+) -> DateComparison:
+    """Train ``bahdanau.train_date_model`` and :func:`train_date_transformer` (with and without
+    sinusoidal positions) on the same batches for ``steps`` steps; exact match on ``n_test``
+    held-out dates (``task.sample(n_test, "test", seed=1)``, chapter 2's test set)."""
+    runs, cpu = {}, {}
+    for name in ("bahdanau", "transformer", "no_positions"):
+        start = time.process_time()
+        if name == "bahdanau":
+            runs[name] = train_date_model(seed, steps=steps, progress=progress)
+        else:
+            positions = "sinusoidal" if name == "transformer" else "none"
+            runs[name] = train_date_transformer(
+                seed, steps=steps, progress=progress, positions=positions
+            )
+        cpu[name] = time.process_time() - start
+    held_out = runs["bahdanau"].task.sample(n_test, "test", seed=1)
+    return DateComparison(
+        **runs,
+        exact={n: date_exact_match(r.model, held_out) for n, r in runs.items()},
+        params={n: count_parameters(r.model) for n, r in runs.items()},
+        cpu_seconds=cpu,
+    )

@@ -15,6 +15,7 @@ from attention_course.transformer import (
     LayerCache,
     Transformer,
     TransformerConfig,
+    compare_on_dates,
     gradient_norms_at_init,
     lower_right_causal_mask,
     race_on_copy,
@@ -196,3 +197,12 @@ def test_copy_race_claims(seed):
     assert T_seq[5] <= B_seq[5], (T_seq, B_seq)
     assert 0.7 < race.transformer_params / race.bahdanau_params < 1.3
     assert race.time_ratio() > 1.0, race.time_ratio()
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_date_comparison_claims(seed):
+    """Notebook 05b's dates claims at two more seeds, through the same function (~35 s CPU)."""
+    dates = compare_on_dates(seed, progress=False)
+    assert dates.exact["bahdanau"] >= 0.97, dates.exact
+    assert 0.3 <= dates.exact["transformer"] <= dates.exact["bahdanau"] - 0.3, dates.exact
+    assert dates.exact["no_positions"] <= dates.exact["transformer"] - 0.2, dates.exact
