@@ -192,7 +192,7 @@ def test_copy_race_claims(seed):
     race = race_on_copy(seed, lengths=lengths, n=128, progress=False)
     T_seq = race.transformer_curve.sequence_accuracy
     B_seq = race.bahdanau_curve.sequence_accuracy
-    assert min(T_seq[:4]) >= 0.85, T_seq
+    assert min(T_seq[:4]) >= 0.5, T_seq
     assert max(T_seq[5], T_seq[6]) <= 0.05, T_seq
     assert T_seq[5] <= B_seq[5], (T_seq, B_seq)
     assert 0.7 < race.transformer_params / race.bahdanau_params < 1.3
