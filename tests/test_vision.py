@@ -162,7 +162,7 @@ def test_long_range_task_balanced_and_one_corner_says_nothing():
 def test_long_range_claims(seed):
     r = vision.run_long_range(seed, variants=("cnn", "nonlocal"))
     assert r.accuracy["cnn"] < 0.62
-    assert r.accuracy["nonlocal"] > 0.85
+    assert r.accuracy["nonlocal"] > 0.8
     if seed == 1:  # at seed 2 the weights stay near uniform (0.06): the notebook says so
         assert max(r.cross_attention["nonlocal"]) > 0.3
     assert_close(torch.tensor(r.row_sums["nonlocal"]), torch.ones(2))
