@@ -226,46 +226,49 @@ def _padding(g, B, S):
 # --------------------------------------------------------------------------- encoder_layer
 
 
-def _torch_encoder(m, norm_first, act):
-    """nn.TransformerEncoderLayer holding the sub-layers' weights (the reference)."""
-    attn = m["self_attn"]
-    E, h = attn.embed_dim, attn.num_heads
-    F_ = m["feed_forward"].linear1.out_features
-    layer = nn.TransformerEncoderLayer(E, h, F_, dropout=0.0, activation=act, batch_first=True,
-                                       norm_first=norm_first).eval()  # fmt: skip
-    _load_torch_mha(layer.self_attn, attn)
-    _load_torch_rest(layer, m, ("norm1", "norm2"))
-    return layer
+def _torch_encoder(E, h, F_, norm_first, act):
+    """An nn.TransformerEncoderLayer of this shape; its weights come from ``_torch_params``."""
+    return nn.TransformerEncoderLayer(E, h, F_, dropout=0.0, activation=act, batch_first=True,
+                                      norm_first=norm_first).eval()  # fmt: skip
 
 
-def _load_torch_mha(theirs: nn.MultiheadAttention, ours: MultiHeadAttention):
-    with torch.no_grad():
+def _torch_params(attentions: dict, m: dict, norms) -> dict:
+    """PyTorch's parameter names -> the given sub-layers' own tensors (not copies), so that
+    ``torch.func.functional_call`` runs PyTorch's layer on them and gradients reach them."""
+    params = {}
+    for prefix, ours in attentions.items():
         names = ("q_proj", "k_proj", "v_proj")
-        theirs.in_proj_weight.copy_(torch.cat([getattr(ours, n).weight for n in names]))
-        theirs.in_proj_bias.copy_(torch.cat([getattr(ours, n).bias for n in names]))
-        theirs.out_proj.weight.copy_(ours.out_proj.weight)
-        theirs.out_proj.bias.copy_(ours.out_proj.bias)
-
-
-def _load_torch_rest(layer, m, norms):
-    layer.linear1.load_state_dict(m["feed_forward"].linear1.state_dict())
-    layer.linear2.load_state_dict(m["feed_forward"].linear2.state_dict())
+        params[f"{prefix}.in_proj_weight"] = torch.cat([getattr(ours, n).weight for n in names])
+        params[f"{prefix}.in_proj_bias"] = torch.cat([getattr(ours, n).bias for n in names])
+        params[f"{prefix}.out_proj.weight"] = ours.out_proj.weight
+        params[f"{prefix}.out_proj.bias"] = ours.out_proj.bias
+    for linear in ("linear1", "linear2"):
+        for p in ("weight", "bias"):
+            params[f"{linear}.{p}"] = getattr(getattr(m["feed_forward"], linear), p)
     for name in norms:
-        getattr(layer, name).load_state_dict(m[name].state_dict())
+        params[f"{name}.weight"], params[f"{name}.bias"] = m[name].weight, m[name].bias
+    return params
+
+
+def _call_torch_layer(layer, params, args, kwargs):
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the exact (non-nested-tensor) path
+    try:
+        return torch.func.functional_call(layer, params, args, kwargs)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def reference_encoder_layer(x, self_attention, feed_forward, norm1, norm2, norm_first=False,
                             key_padding_mask=None):  # fmt: skip
     """``nn.TransformerEncoderLayer`` with these weights; masks converted to PyTorch's polarity."""
-    m = {"self_attn": self_attention, "feed_forward": feed_forward, "norm1": norm1, "norm2": norm2}
-    layer = _torch_encoder(m, norm_first, feed_forward.activation)
+    m = {"feed_forward": feed_forward, "norm1": norm1, "norm2": norm2}
+    E, h = self_attention.embed_dim, self_attention.num_heads
+    F_ = feed_forward.linear1.out_features
+    layer = _torch_encoder(E, h, F_, norm_first, feed_forward.activation)
+    params = _torch_params({"self_attn": self_attention}, m, ("norm1", "norm2"))
     torch_padding = None if key_padding_mask is None else ~key_padding_mask  # True = padding
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # the exact (non-nested-tensor) path
-    try:
-        return layer(x, src_key_padding_mask=torch_padding)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return _call_torch_layer(layer, params, (x,), {"src_key_padding_mask": torch_padding})
 
 
 def _encoder_call(inputs, x=None):
@@ -441,19 +444,14 @@ def reference_decoder_layer(tgt, memory, self_attention, cross_attention, feed_f
     F_ = feed_forward.linear1.out_features
     layer = nn.TransformerDecoderLayer(E, h, F_, dropout=0.0, activation=feed_forward.activation,
                                        batch_first=True, norm_first=norm_first).eval()  # fmt: skip
-    _load_torch_mha(layer.self_attn, self_attention)
-    _load_torch_mha(layer.multihead_attn, cross_attention)
     m = {"feed_forward": feed_forward, "norm1": norm1, "norm2": norm2, "norm3": norm3}
-    _load_torch_rest(layer, m, ("norm1", "norm2", "norm3"))
+    attentions = {"self_attn": self_attention, "multihead_attn": cross_attention}
+    params = _torch_params(attentions, m, ("norm1", "norm2", "norm3"))
     L = tgt.shape[1]
     torch_causal = ~causal_mask(L)  # PyTorch: True = may NOT attend
     torch_padding = None if memory_key_padding_mask is None else ~memory_key_padding_mask
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        return layer(tgt, memory, tgt_mask=torch_causal, memory_key_padding_mask=torch_padding)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    kwargs = {"tgt_mask": torch_causal, "memory_key_padding_mask": torch_padding}
+    return _call_torch_layer(layer, params, (tgt, memory), kwargs)
 
 
 def _decoder_call(inputs, tgt=None, memory=None):
