@@ -53,6 +53,7 @@ from .attention.multihead import (
 from .bahdanau import BahdanauDecoder, TrainedDateModel, date_exact_match, train_date_model
 from .data import DateTask
 from .seq2seq import (
+    COPY_RECIPE,
     CopyRecipe,
     LengthCurve,
     TrainedCopyModel,
@@ -70,7 +71,10 @@ __all__ = [
     "AttentionMaps",
     "CacheTiming",
     "CopyRace",
+    "DECODER_ONLY_LAYERS",
+    "DECODER_ONLY_RECIPE",
     "DateComparison",
+    "DecoderOnlyOnCopy",
     "DecoderLayer",
     "DecoderOnly",
     "EncoderLayer",
@@ -83,6 +87,7 @@ __all__ = [
     "cached_attention",
     "compare_on_dates",
     "copy_batches",
+    "decoder_only_on_copy",
     "gradient_norms_at_init",
     "lower_right_causal_mask",
     "race_on_copy",
@@ -636,22 +641,33 @@ class DecoderOnly(nn.Module):
     """A GPT-like model for sequence-to-sequence tasks: one causal stack over "source BOS target".
 
     The same :class:`EncoderLayer` as the encoder, with a causal mask (True = may attend to
-    itself and the past) combined with a padding mask; one embedding for both vocabularies'
-    ids (the source and target vocabularies must share ids, as copy's do). ``forward(src,
-    src_lengths, tgt_in)`` returns ``(logits (B, T, V), None)`` for the target positions only, so
+    itself and the past) combined with a padding mask. One embedding table holds both
+    vocabularies: source id s is row s, target id t is row ``vocab_size + t``, so the two
+    vocabularies need not share ids (dates' do not) and a symbol reads differently in the source
+    and in the target (a segment embedding folded into the table). ``forward(src, src_lengths,
+    tgt_in)`` returns ``(logits (B, T, V), None)`` for the target positions only, so
     ``seq2seq.train_seq2seq`` trains it (the loss ignores the source positions) and
-    ``evaluate_by_length`` evaluates it. Positions count real tokens only, so padding inside the
-    source does not shift the target. ``prefix_lm=True`` lets the source positions see each other
-    in both directions (a prefix LM), the target staying causal.
+    ``evaluate_by_length`` evaluates it.
+
+    Positions count real tokens only, so padding inside the source does not shift the target.
+    ``target_positions="continue"`` (GPT) numbers the target on from the source (BOS at position
+    ``src_length``); ``"restart"`` numbers it from 0 again, as an encoder-decoder's decoder does.
+    ``prefix_lm=True`` lets the source positions see each other in both directions (a prefix LM),
+    the target staying causal.
     """
 
-    def __init__(self, config: TransformerConfig, prefix_lm: bool = False):
+    def __init__(
+        self, config: TransformerConfig, prefix_lm: bool = False, target_positions: str = "continue"
+    ):
         super().__init__()
+        if target_positions not in ("continue", "restart"):
+            raise ValueError("target_positions must be 'continue' or 'restart'")
         self.config = config
         self.prefix_lm = prefix_lm
+        self.target_positions = target_positions
         c = config
         args = (c.embed_dim, c.num_heads, c.ff_dim, c.dropout, c.activation, c.norm_first)
-        self.embed = _Embed(max(c.vocab_size, c.target_vocab_size), c)
+        self.embed = _Embed(c.vocab_size + c.target_vocab_size, c)
         self.layers = nn.ModuleList(EncoderLayer(*args) for _ in range(c.num_decoder_layers))
         self.norm = nn.LayerNorm(c.embed_dim) if c.norm_first else nn.Identity()
         self.output = nn.Linear(c.embed_dim, c.target_vocab_size)
@@ -668,11 +684,14 @@ class DecoderOnly(nn.Module):
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> tuple[Tensor, None]:
         """Logits (B, T, V) of the target positions of "source BOS target" (teacher forcing)."""
-        S = src.shape[1]
+        S, T = src.shape[1], tgt_in.shape[1]
         src_real = torch.arange(S, device=src.device) < src_lengths.to(src.device)[:, None]
         real = torch.cat([src_real, torch.ones_like(tgt_in, dtype=torch.bool)], dim=1)  # (B, N)
         positions = real.long().cumsum(dim=1) - 1  # (B, N): real tokens counted, padding skipped
-        x = self.embed(torch.cat([src, tgt_in], dim=1), positions.clamp(min=0))  # (B, N, E)
+        if self.target_positions == "restart":
+            positions[:, S:] = torch.arange(T, device=src.device)  # the target counts from 0
+        tokens = torch.cat([src, tgt_in + self.config.vocab_size], dim=1)  # (B, N), one table
+        x = self.embed(tokens, positions.clamp(min=0))  # (B, N, E)
         mask = self._mask(real, S)  # (B, N, N)
         for layer in self.layers:
             x = layer(x, src_mask=mask)
@@ -704,6 +723,7 @@ class DecoderOnly(nn.Module):
 
 COPY_CONFIG = dict(embed_dim=32, num_heads=4, ff_dim=64, num_encoder_layers=2, num_decoder_layers=2)
 COPY_PEAK_LR = 5e-3
+DECODER_ONLY_LAYERS = 5  # a DecoderOnly with COPY_CONFIG's sizes and 5 layers ~ a 2 + 2 Transformer
 
 
 def copy_batches(recipe: CopyRecipe, seed: int):
@@ -725,6 +745,7 @@ def train_copy_transformer(
     decoder_only: bool = False,
     peak_lr: float = COPY_PEAK_LR,
     progress: bool = True,
+    target_positions: str = "continue",
     **config_overrides,
 ) -> TrainedCopyModel:
     """Train a :class:`Transformer` (or a :class:`DecoderOnly`) on chapter 1-2's copy task.
@@ -733,13 +754,20 @@ def train_copy_transformer(
     with ``recipe`` (default ``CopyRecipe()``: 500 steps of 64 sequences, lengths 3-40 with a
     curriculum), through the same ``seq2seq.train_seq2seq``; only the model and its peak learning
     rate differ. ``config_overrides`` change :class:`TransformerConfig` fields (default: the
-    chapter's small model, :data:`COPY_CONFIG`).
+    chapter's small model, :data:`COPY_CONFIG`; a decoder-only model gets
+    :data:`DECODER_ONLY_LAYERS` layers, the encoder-decoder's parameter count).
     """
     recipe = recipe or CopyRecipe()
     V = len(recipe.task().vocab)
-    config = TransformerConfig(vocab_size=V, **{**COPY_CONFIG, **config_overrides})
+    defaults = (
+        {**COPY_CONFIG, "num_decoder_layers": DECODER_ONLY_LAYERS} if decoder_only else COPY_CONFIG
+    )
+    config = TransformerConfig(vocab_size=V, **{**defaults, **config_overrides})
     seed_everything(seed)
-    model = DecoderOnly(config) if decoder_only else Transformer(config)
+    if decoder_only:
+        model: nn.Module = DecoderOnly(config, target_positions=target_positions)
+    else:
+        model = Transformer(config)
     history = train_seq2seq(
         model,
         copy_batches(recipe, seed),
@@ -879,19 +907,20 @@ class CopyRace:
 
 def race_on_copy(
     seed: int = 0,
-    lengths: Sequence[int] = (5, 10, 20, 30, 40, 45, 50),
+    lengths: Sequence[int] = (5, 10, 20, 30, 35, 40),
     n: int = 256,
     threshold: float = 0.95,
     progress: bool = True,
+    recipe: CopyRecipe = COPY_RECIPE,
 ) -> CopyRace:
     """Train chapter 2's Bahdanau model and the chapter's Transformer on the same copy batches.
 
-    Both follow ``seq2seq.CopyRecipe()`` (500 steps, the same seeded batch stream) through
-    ``train_seq2seq``, each at its own peak learning rate; both are evaluated by
-    ``evaluate_by_length`` on the same test sequences. The batch stream is timed, so the race
-    to a training accuracy of ``threshold`` is measured within the one run.
+    Both follow ``recipe`` (default chapter 2's ``seq2seq.COPY_RECIPE``: 500 steps of 32 strings
+    of 3 to 30 symbols, the same seeded batch stream) through ``train_seq2seq``, each at its own
+    peak learning rate; both are evaluated by ``evaluate_by_length`` on the same test sequences.
+    The batch stream is timed, so the race to a training accuracy of ``threshold`` is measured
+    within the one run.
     """
-    recipe = CopyRecipe()
     runs, clocks = {}, {}
     for name in ("bahdanau", "transformer"):
         clock = _Clock(copy_batches(recipe, seed))
@@ -927,6 +956,53 @@ def race_on_copy(
     )
 
 
+@dataclass
+class DecoderOnlyOnCopy:
+    """An encoder-decoder and two decoder-only models of the same size, same copy batches."""
+
+    curves: dict[str, LengthCurve]  # greedy accuracy by length, same test strings, per model
+    params: dict[str, int]
+    models: dict[str, TrainedCopyModel]
+
+
+DECODER_ONLY_RECIPE = CopyRecipe(max_length=16, batch_size=32, steps=300)
+"""The copy recipe of chapter 5's decoder-only comparison: strings of 3 to 16, 32 a step, 300
+steps (three models must train in one page's budget)."""
+
+
+def decoder_only_on_copy(
+    seed: int = 0,
+    lengths: Sequence[int] = (4, 8, 12, 16, 20),
+    n: int = 256,
+    recipe: CopyRecipe = DECODER_ONLY_RECIPE,
+    progress: bool = True,
+) -> DecoderOnlyOnCopy:
+    """Encoder-decoder vs decoder-only on copy, at (nearly) equal size, on the same batches.
+
+    ``"encoder-decoder"``: :class:`Transformer` with :data:`COPY_CONFIG` (2 + 2 layers).
+    ``"decoder-only"``: :class:`DecoderOnly`, 5 layers (the same parameter count within 1 %),
+    causal over "source BOS target", GPT's positions (the target numbered on from the source).
+    ``"decoder-only, positions restart"``: the same, with the target numbered from 0 again, as in
+    the encoder-decoder's decoder. All three train on ``copy_batches(recipe, seed)`` at the same
+    peak learning rate and are evaluated by ``evaluate_by_length`` on the same test strings.
+    """
+    entrants = {
+        "encoder-decoder": {},
+        "decoder-only": dict(decoder_only=True, target_positions="continue"),
+        "decoder-only, positions restart": dict(decoder_only=True, target_positions="restart"),
+    }
+    models = {
+        name: train_copy_transformer(seed, recipe, progress=progress, **kw)
+        for name, kw in entrants.items()
+    }
+    task = recipe.task()
+    return DecoderOnlyOnCopy(
+        curves={k: evaluate_by_length(m.model, task, lengths, n=n) for k, m in models.items()},
+        params={k: count_parameters(m.model) for k, m in models.items()},
+        models=models,
+    )
+
+
 DATE_CONFIG = dict(embed_dim=32, num_heads=4, ff_dim=64, num_encoder_layers=2, num_decoder_layers=2)
 DATE_PEAK_LR = 5e-3
 
@@ -938,22 +1014,26 @@ def train_date_transformer(
     peak_lr: float = DATE_PEAK_LR,
     task: DateTask | None = None,
     progress: bool = True,
+    prefix_lm: bool = False,
     **config_overrides,
 ) -> TrainedDateModel:
     """A Transformer on date normalisation with ``bahdanau.train_date_model``'s data and steps.
 
     Same task (``DateTask(seed=0)`` by default), the same seeded batch stream for ``seed``, the
-    same ``train_seq2seq``; evaluate with ``bahdanau.date_exact_match``.
+    same ``train_seq2seq``; evaluate with ``bahdanau.date_exact_match``. ``prefix_lm=True``
+    trains a :class:`DecoderOnly` prefix LM over "date BOS ISO date" instead (its layer count is
+    ``num_decoder_layers``).
     """
     task = task if task is not None else DateTask(seed=0)
     config = TransformerConfig(
         len(task.src_vocab), len(task.tgt_vocab), **{**DATE_CONFIG, **config_overrides}
     )
     seed_everything(seed)
-    model = Transformer(config)
+    model = DecoderOnly(config, prefix_lm=True) if prefix_lm else Transformer(config)
     batches = task.batches(batch_size, seed=np.random.default_rng([seed, 2]))  # as chapter 2
+    name = "prefix LM" if prefix_lm else "Transformer"
     history = train_seq2seq(
-        model, batches, steps, peak_lr=peak_lr, progress=progress, desc="dates, Transformer"
+        model, batches, steps, peak_lr=peak_lr, progress=progress, desc=f"dates, {name}"
     )
     model.eval()
     return TrainedDateModel(model, task, history, seed)

@@ -187,14 +187,15 @@ def test_pre_norm_vs_post_norm_gradients_at_init(seed):
 
 @pytest.mark.parametrize("seed", [11, 12])
 def test_copy_race_claims(seed):
-    """Notebook 05's race at two more seeds, through the same function (about 1 min CPU each)."""
-    lengths = [5, 10, 20, 30, 40, 45, 50]
+    """Notebook 05's race at two more seeds, through the same function (about 30 s CPU each)."""
+    lengths = [5, 10, 20, 25, 30, 35, 40]
     race = race_on_copy(seed, lengths=lengths, n=128, progress=False)
     T_seq = race.transformer_curve.sequence_accuracy
     B_seq = race.bahdanau_curve.sequence_accuracy
-    assert min(T_seq[:4]) >= 0.5, T_seq
+    assert min(T_seq[:3]) >= 0.9, T_seq
     assert max(T_seq[5], T_seq[6]) <= 0.05, T_seq
     assert T_seq[5] <= B_seq[5], (T_seq, B_seq)
+    assert race.steps_to_threshold("transformer") < race.steps_to_threshold("bahdanau")
     assert 0.7 < race.transformer_params / race.bahdanau_params < 1.3
     assert race.time_ratio() > 1.0, race.time_ratio()
 
