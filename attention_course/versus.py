@@ -41,7 +41,8 @@ from .attention.core import masked_softmax
 from .attention.masks import cross_attention_block_mask, prefix_lm_mask
 from .attention.multihead import MultiHeadAttention, split_heads
 from .attention.scoring import ScaledDotAttention, ScoredAttention
-from .utils import seed_everything, train
+from .data import Seq2SeqBatch
+from .utils import count_parameters, seed_everything, train
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -56,6 +57,7 @@ __all__ = [
     "OneLayerTagger",
     "PrefixLMCheck",
     "ScoredSelfAttention",
+    "TrainedDates",
     "TransformerCensus",
     "attention_census",
     "check_cross_as_self",
@@ -66,6 +68,7 @@ __all__ = [
     "earlier_occurrence_labels",
     "record_attention_calls",
     "text_over_image_patches",
+    "trained_on_dates",
     "transformer_census",
     "two_digit_images",
     "within_sequence_dependency",
@@ -762,4 +765,95 @@ def text_over_image_patches(
         concat_side_mass=results["concat"][2],
         image=test_images[0, 0],
         cross_weights=example_weights,
+    )
+
+
+# --------------------------------------------------------------------------- trained on dates
+
+
+@dataclass
+class TrainedDates:
+    """Chapter 2's RNNsearch, chapter 5's encoder-decoder and a prefix LM, trained on dates.
+
+    All three see the same batches for the same number of steps (chapter 2's recipe) and are
+    scored on the same held-out dates. The probability view is measured on ``batch`` (held-out
+    dates, teacher forced): chapter 2's p(t | X) as the share of each output step's weight on the
+    source field it is writing (and the same for chapter 5's cross-attention), chapter 5's encoder
+    p(x_k | x_q) as the share of each source character's weight on characters of its own field,
+    each beside its uniform-attention level.
+    """
+
+    rnnsearch: bahdanau.TrainedDateModel
+    transformer: bahdanau.TrainedDateModel
+    prefix_lm: bahdanau.TrainedDateModel
+    exact: dict[str, float]  # held-out exact match, per model
+    params: dict[str, int]
+    batch: Seq2SeqBatch  # the held-out dates the probability view is read on
+    cross_weights: Tensor  # (B, T, S) chapter 2's p(t | X): per output step, over the source
+    self_weights: Tensor  # (B, S, S) the encoder's p(x_k | x_q), last layer, mean over heads
+    cross_field_share: float  # mean weight of an output step on the field it writes
+    cross_field_uniform: float  # the same for uniform attention over the source
+    transformer_cross_field_share: float  # the same for chapter 5's cross-attention (last layer)
+    self_field_share: float  # mean weight of a source character on its own field
+    self_field_uniform: float  # the same for uniform attention
+
+
+def _field_share(weights: Tensor, query_fields: Tensor, key_fields: Tensor) -> float:
+    """Mean mass each query puts on keys of its own field, over queries in year/month/day."""
+    same = query_fields[:, :, None] == key_fields[:, None, :]  # (B, Lq, Lk)
+    mass = (weights * same).sum(dim=-1)  # (B, Lq)
+    in_field = (query_fields >= 1) & (query_fields <= 3)  # year, month, day (data.FIELD_NAMES)
+    return mass[in_field].mean().item()
+
+
+def trained_on_dates(
+    seed: int = 0,
+    steps: int = 200,
+    n_test: int = 500,
+    prefix_lm_layers: int = 3,
+    progress: bool = True,
+) -> TrainedDates:
+    """Train the three date models of chapter 6 on the same batches; measure what it compares.
+
+    ``rnnsearch``: ``bahdanau.train_date_model`` (chapter 2). ``transformer``: chapter 5's
+    :class:`~attention_course.transformer.Transformer`, one encoder and one decoder layer (E 32,
+    4 heads, F 64), peak learning rate 1e-2. ``prefix_lm``: a
+    :class:`~attention_course.transformer.DecoderOnly` prefix LM with the same widths and
+    ``prefix_lm_layers`` layers over "date BOS ISO date", the same learning rate. Exact match on
+    ``n_test`` held-out dates (chapter 2's test set).
+    """
+    from .transformer import train_date_transformer  # chapter 5 (imports this module's peers)
+
+    size = dict(num_encoder_layers=1, num_decoder_layers=1, peak_lr=1e-2, progress=progress)
+    runs = {
+        "rnnsearch": bahdanau.train_date_model(seed, steps=steps, progress=progress),
+        "transformer": train_date_transformer(seed, steps=steps, **size),
+        "prefix_lm": train_date_transformer(
+            seed, steps=steps, prefix_lm=True, **{**size, "num_decoder_layers": prefix_lm_layers}
+        ),
+    }
+    task = runs["rnnsearch"].task
+    held_out = task.sample(n_test, "test", seed=1)
+    batch = task.sample(64, "test", seed=2)  # the probability view's dates
+    with torch.no_grad():
+        _, cross = runs["rnnsearch"].model(batch.src, batch.src_lengths, batch.tgt_in)  # (B,T,S)
+        maps = runs["transformer"].model.attention_maps(batch.src, batch.src_lengths, batch.tgt_in)
+    selfw = maps.encoder_self[-1].mean(dim=1)  # (B, h, S, S) -> (B, S, S)
+    real = batch.src_mask.float()  # (B, S)
+    uniform_self = (real[:, None, :] / real.sum(-1)[:, None, None]).expand_as(selfw)  # (B, S, S)
+    shares = bahdanau.field_attention_share(cross, batch)
+    tf_shares = bahdanau.field_attention_share(maps.cross[-1].mean(dim=1), batch)  # (B, T, S)
+    uniform = bahdanau.field_attention_share(cross, batch, uniform=True)
+    return TrainedDates(
+        **runs,
+        exact={k: bahdanau.date_exact_match(r.model, held_out) for k, r in runs.items()},
+        params={k: count_parameters(r.model) for k, r in runs.items()},
+        batch=batch,
+        cross_weights=cross,
+        self_weights=selfw,
+        cross_field_share=sum(shares.values()) / 3,
+        cross_field_uniform=sum(uniform.values()) / 3,
+        transformer_cross_field_share=sum(tf_shares.values()) / 3,
+        self_field_share=_field_share(selfw, batch.src_fields, batch.src_fields),
+        self_field_uniform=_field_share(uniform_self, batch.src_fields, batch.src_fields),
     )
