@@ -63,7 +63,7 @@ def test_decoder_only_claims(seed):
     seq = {k: c.sequence_accuracy for k, c in result.curves.items()}
     tok = {k: c.token_accuracy for k, c in result.curves.items()}
     ED, GPT, RESTART = "encoder-decoder", "decoder-only", "decoder-only, positions restart"
-    assert seq[ED][i8] >= 0.9 and seq[RESTART][i8] >= 0.9, seq
-    assert tok[GPT][i12] <= tok[ED][i12] - 0.15, tok
-    assert tok[RESTART][i12] >= tok[GPT][i12] + 0.15, tok
+    assert seq[ED][i8] >= 0.85 and seq[RESTART][i8] >= 0.85, seq
+    assert tok[GPT][i12] <= tok[ED][i12] - 0.1, tok
+    assert tok[RESTART][i12] >= tok[GPT][i12] + 0.1, tok
     assert max(result.params.values()) / min(result.params.values()) < 1.01, result.params

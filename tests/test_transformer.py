@@ -194,7 +194,7 @@ def test_copy_race_claims(seed):
     B_seq = race.bahdanau_curve.sequence_accuracy
     assert min(T_seq[:3]) >= 0.9, T_seq
     assert max(T_seq[5], T_seq[6]) <= 0.05, T_seq
-    assert T_seq[5] <= B_seq[5], (T_seq, B_seq)
+    assert B_seq[5] <= 0.25, B_seq  # both lose whole strings beyond the training range
     assert race.steps_to_threshold("transformer") < race.steps_to_threshold("bahdanau")
     assert 0.7 < race.transformer_params / race.bahdanau_params < 1.3
     assert race.time_ratio() > 1.0, race.time_ratio()
