@@ -822,22 +822,27 @@ def trained_on_dates(
     ``prefix_lm_layers`` layers over "date BOS ISO date", the same learning rate. Exact match on
     ``n_test`` held-out dates (chapter 2's test set).
     """
-    from .transformer import train_date_transformer  # chapter 5 (imports this module's peers)
+    from .transformer import Transformer, train_date_transformer  # chapter 5 imports our peers
 
-    size = dict(num_encoder_layers=1, num_decoder_layers=1, peak_lr=1e-2, progress=progress)
+    def transformer(prefix_lm: bool, layers: int) -> bahdanau.TrainedDateModel:
+        return train_date_transformer(
+            seed, steps=steps, peak_lr=1e-2, progress=progress, prefix_lm=prefix_lm,
+            num_encoder_layers=1, num_decoder_layers=layers,
+        )  # fmt: skip
+
     runs = {
         "rnnsearch": bahdanau.train_date_model(seed, steps=steps, progress=progress),
-        "transformer": train_date_transformer(seed, steps=steps, **size),
-        "prefix_lm": train_date_transformer(
-            seed, steps=steps, prefix_lm=True, **{**size, "num_decoder_layers": prefix_lm_layers}
-        ),
+        "transformer": transformer(prefix_lm=False, layers=1),
+        "prefix_lm": transformer(prefix_lm=True, layers=prefix_lm_layers),
     }
     task = runs["rnnsearch"].task
     held_out = task.sample(n_test, "test", seed=1)
     batch = task.sample(64, "test", seed=2)  # the probability view's dates
     with torch.no_grad():
         _, cross = runs["rnnsearch"].model(batch.src, batch.src_lengths, batch.tgt_in)  # (B,T,S)
-        maps = runs["transformer"].model.attention_maps(batch.src, batch.src_lengths, batch.tgt_in)
+        encoder_decoder = runs["transformer"].model
+        assert isinstance(encoder_decoder, Transformer)
+        maps = encoder_decoder.attention_maps(batch.src, batch.src_lengths, batch.tgt_in)
     selfw = maps.encoder_self[-1].mean(dim=1)  # (B, h, S, S) -> (B, S, S)
     real = batch.src_mask.float()  # (B, S)
     uniform_self = (real[:, None, :] / real.sum(-1)[:, None, None]).expand_as(selfw)  # (B, S, S)
