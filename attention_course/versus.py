@@ -838,6 +838,8 @@ def trained_on_dates(
     task = runs["rnnsearch"].task
     held_out = task.sample(n_test, "test", seed=1)
     batch = task.sample(64, "test", seed=2)  # the probability view's dates
+    fields = batch.src_fields  # (B, S) data.FIELD_NAMES index of every source character
+    assert fields is not None
     with torch.no_grad():
         _, cross = runs["rnnsearch"].model(batch.src, batch.src_lengths, batch.tgt_in)  # (B,T,S)
         encoder_decoder = runs["transformer"].model
@@ -859,6 +861,6 @@ def trained_on_dates(
         cross_field_share=sum(shares.values()) / 3,
         cross_field_uniform=sum(uniform.values()) / 3,
         transformer_cross_field_share=sum(tf_shares.values()) / 3,
-        self_field_share=_field_share(selfw, batch.src_fields, batch.src_fields),
-        self_field_uniform=_field_share(uniform_self, batch.src_fields, batch.src_fields),
+        self_field_share=_field_share(selfw, fields, fields),
+        self_field_uniform=_field_share(uniform_self, fields, fields),
     )
