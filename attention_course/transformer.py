@@ -741,7 +741,7 @@ def copy_batches(recipe: CopyRecipe, seed: int):
 
 def train_copy_transformer(
     seed: int = 0,
-    recipe: CopyRecipe | None = None,
+    recipe: CopyRecipe = COPY_RECIPE,
     decoder_only: bool = False,
     peak_lr: float = COPY_PEAK_LR,
     progress: bool = True,
@@ -751,13 +751,12 @@ def train_copy_transformer(
     """Train a :class:`Transformer` (or a :class:`DecoderOnly`) on chapter 1-2's copy task.
 
     The same task, batches (for the same seed) and number of steps as ``seq2seq.train_copy_model``
-    with ``recipe`` (default ``CopyRecipe()``: 500 steps of 64 sequences, lengths 3-40 with a
-    curriculum), through the same ``seq2seq.train_seq2seq``; only the model and its peak learning
-    rate differ. ``config_overrides`` change :class:`TransformerConfig` fields (default: the
+    with ``recipe`` (default chapter 2's ``seq2seq.COPY_RECIPE``: 500 steps of 32 sequences,
+    lengths 3-30 with a curriculum), through the same ``seq2seq.train_seq2seq``; only the model
+    and its peak learning rate differ. ``config_overrides`` change :class:`TransformerConfig` fields (default: the
     chapter's small model, :data:`COPY_CONFIG`; a decoder-only model gets
     :data:`DECODER_ONLY_LAYERS` layers, the encoder-decoder's parameter count).
     """
-    recipe = recipe or CopyRecipe()
     V = len(recipe.task().vocab)
     defaults = (
         {**COPY_CONFIG, "num_decoder_layers": DECODER_ONLY_LAYERS} if decoder_only else COPY_CONFIG
