@@ -753,8 +753,8 @@ def train_copy_transformer(
     The same task, batches (for the same seed) and number of steps as ``seq2seq.train_copy_model``
     with ``recipe`` (default chapter 2's ``seq2seq.COPY_RECIPE``: 500 steps of 32 sequences,
     lengths 3-30 with a curriculum), through the same ``seq2seq.train_seq2seq``; only the model
-    and its peak learning rate differ. ``config_overrides`` change :class:`TransformerConfig` fields (default: the
-    chapter's small model, :data:`COPY_CONFIG`; a decoder-only model gets
+    and its peak learning rate differ. ``config_overrides`` change :class:`TransformerConfig`
+    fields (default: the chapter's small model, :data:`COPY_CONFIG`; a decoder-only model gets
     :data:`DECODER_ONLY_LAYERS` layers, the encoder-decoder's parameter count).
     """
     V = len(recipe.task().vocab)
